@@ -44,7 +44,6 @@ class ChunkingConfig:
 
     chunk_tokens: int = 256
     overlap: int = 32
-    tokenizer: str = ""
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 16:
@@ -57,11 +56,16 @@ class Chunker:
     """Split documents into windows of at most `chunk_tokens` tokens, `overlap` tokens shared."""
 
     def __init__(self, tokenizer, config: ChunkingConfig = ChunkingConfig()) -> None:
-        # The fast (Rust) tokenizer: batch encoding with offsets, no length warnings.
-        self.backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        from tokenizers import Tokenizer
+
+        # A private copy of the fast (Rust) tokenizer without the truncation/padding that model
+        # tokenizers often carry: batch encoding with offsets over whole documents.
+        backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        self.backend = Tokenizer.from_str(backend.to_str())
+        self.backend.no_truncation()
+        self.backend.no_padding()
         self.config = config
-        n_special = self.backend.num_special_tokens_to_add(False) if hasattr(self.backend, "num_special_tokens_to_add") else 2
-        self.n_special = n_special
+        self.n_special = self.backend.num_special_tokens_to_add(False)
 
     def _budget(self, title_tokens: int) -> int:
         c = self.config

@@ -252,16 +252,20 @@ def detect_format(path: str | Path) -> str:
     raise CorpusError("unknown corpus format: give a BEIR folder, a .jsonl file or a folder of text files", str(path))
 
 
-def load_corpus(path: str | Path, format: str = "auto", report: LoadReport | None = None,
-                **jsonl_fields: str) -> list[Document]:
-    """Load any supported corpus. `jsonl_fields` are `id_field`, `text_field`, `title_field`, `source_field`."""
+def load_corpus(path: str | Path, format: str = "auto", report: LoadReport | None = None, strict: bool = False,
+                id_field: str = "id", text_field: str = "text", title_field: str = "title",
+                source_field: str | None = "source") -> list[Document]:
+    """Load any supported corpus (`format`: auto, beir, jsonl, folder).
+
+    The `*_field` names apply to JSON Lines files; `strict` and `report` to folders.
+    """
     fmt = detect_format(path) if format == "auto" else format
     if fmt == "beir":
         return load_beir_corpus(path)
     if fmt == "jsonl":
-        return load_jsonl(path, **jsonl_fields)
+        return load_jsonl(path, id_field, text_field, title_field, source_field)
     if fmt == "folder":
-        return load_folder(path, report=report)
+        return load_folder(path, strict=strict, report=report)
     raise CorpusError(f"unknown corpus format {format!r} (choose auto, beir, jsonl, folder)", str(path))
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -126,8 +127,6 @@ class Index:
         Existing document ids are an error unless `replace`, which deletes them first. Chunks already
         indexed are never re-encoded.
         """
-        import time
-
         docs = list(docs)
         check_unique_ids(docs)
         existing = [d.id for d in docs if self.chunks.has_document(d.id)]
@@ -136,12 +135,14 @@ class Index:
                               "delete them first or add with replace=True")
         if existing:
             self.delete(existing)
+        t0 = time.perf_counter()
         with progress_bar("chunking", len(docs), show_progress) as advance:
             chunks: list[Chunk] = []
             for start in range(0, len(docs), 512):
                 batch = docs[start:start + 512]
                 chunks.extend(self.chunker.chunk(batch))
                 advance(len(batch))
+        self.timings["chunking"] = self.timings.get("chunking", 0.0) + time.perf_counter() - t0
         for name, r in self.retrievers.items():
             t0 = time.perf_counter()
             label = "encoding (dense)" if name == "dense" else f"indexing ({name})"

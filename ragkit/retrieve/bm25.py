@@ -1,5 +1,10 @@
 """BM25 on bm25s: eager sparse scores, configurable stemming and stop words.
 
+`unit="document"` (the default) ranks whole documents, as BM25 is meant to be used, and returns for
+each document its best-matching chunk: chunking long documents would otherwise split the term
+evidence (on TIME, 620-word articles, chunk-level BM25 lost 0.04 nDCG@10). `unit="chunk"` ranks
+chunks on their own.
+
 `method="okapi"` reproduces rank-bm25's `BM25Okapi` scores exactly (its idf with the epsilon floor
 for negative idf, and the (k1 + 1) term-frequency factor); the other methods are bm25s's own.
 
@@ -31,6 +36,7 @@ class BM25Config:
     k1: float = 1.5
     b: float = 0.75
     method: str = "lucene"
+    unit: str = "document"   # rank documents (hit = best chunk) or chunks
     delta: float = 0.5       # bm25l / bm25+
     epsilon: float = 0.25    # okapi: floor for negative idf, as a share of the mean idf
     stopwords: str | None = "en"
@@ -41,6 +47,8 @@ class BM25Config:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown BM25 method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.unit not in ("document", "chunk"):
+            raise ValueError(f"unknown BM25 unit {self.unit!r}; choose document or chunk")
 
 
 class BM25Tokenizer:
@@ -87,7 +95,12 @@ class BM25Retriever(Retriever):
         self.ids: list[str] = []
         self.doc_tokens: list[np.ndarray] = []   # token ids per chunk
         self.vocab: dict[str, int] = {}
+        self.doc_ids: list[str] = []                 # unit="document": one entry per document
+        self.doc_chunks: list[list[str]] = []        # its chunk ids, in order
+        self.doc_level_tokens: list[np.ndarray] = []  # token ids of title + whole text
         self._model: bm25s.BM25 | None = None
+        self._doc_model: bm25s.BM25 | None = None
+        self._row: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,19 +109,33 @@ class BM25Retriever(Retriever):
         return {"type": "bm25", **asdict(self.config), "vocabulary": len(self.vocab)}
 
     # -- building -------------------------------------------------------------------------------
-    def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
-        known = set(self.ids)
+    def _token_ids(self, text: str) -> np.ndarray:
         vocab = self.vocab
+        toks = self.tokenize(text)
+        return np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), dtype=np.int32, count=len(toks))
+
+    def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
+        """Index chunks; with unit="document" a document's chunks must all arrive in one call."""
+        known = set(self.ids)
+        by_doc: dict[str, list[Chunk]] = {}
         for c in chunks:
             if c.id in known:
                 raise ValueError(f"chunk {c.id!r} is already indexed")
-            toks = self.tokenize(c.indexed_text)
-            ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), dtype=np.int32, count=len(toks))
             self.ids.append(c.id)
-            self.doc_tokens.append(ids)
+            self.doc_tokens.append(self._token_ids(c.indexed_text))
             known.add(c.id)
+            by_doc.setdefault(c.doc_id, []).append(c)
             if progress:
                 progress(1)
+        if self.config.unit == "document":
+            present = set(self.doc_ids)
+            for doc_id, parts in by_doc.items():
+                if doc_id in present:
+                    raise ValueError(f"document {doc_id!r} is already indexed; delete it before adding it again")
+                parts.sort(key=lambda c: c.n)
+                self.doc_ids.append(doc_id)
+                self.doc_chunks.append([c.id for c in parts])
+                self.doc_level_tokens.append(self._token_ids(_document_text(parts)))
         self._rebuild()
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
@@ -118,29 +145,38 @@ class BM25Retriever(Retriever):
         if removed:
             self.ids = [self.ids[i] for i in keep]
             self.doc_tokens = [self.doc_tokens[i] for i in keep]
+            # a document leaves the document-level index once all its chunks are gone
+            keep_docs = [i for i, cids in enumerate(self.doc_chunks) if not drop.issuperset(cids)]
+            self.doc_ids = [self.doc_ids[i] for i in keep_docs]
+            self.doc_chunks = [[c for c in self.doc_chunks[i] if c not in drop] for i in keep_docs]
+            self.doc_level_tokens = [self.doc_level_tokens[i] for i in keep_docs]
             self._rebuild()
         return removed
 
-    def _rebuild(self) -> None:
+    def _build(self, token_lists: list[np.ndarray]) -> bm25s.BM25 | None:
         c = self.config
-        if not self.ids:
-            self._model = None
-            return
+        if not token_lists:
+            return None
         method, idf_method = (c.method, None) if c.method != "okapi" else ("atire", "lucene")
         model = bm25s.BM25(k1=c.k1, b=c.b, delta=c.delta, method=method, idf_method=idf_method)
         n_vocab = max(len(self.vocab), 1)
-        corpus = [d.tolist() for d in self.doc_tokens]
-        model.scores = model.build_index_from_ids(list(range(n_vocab)), corpus, show_progress=False)
+        model.scores = model.build_index_from_ids(list(range(n_vocab)), [d.tolist() for d in token_lists],
+                                                  show_progress=False)
         model.vocab_dict = self.vocab
         if c.method == "okapi":
-            self._rescale_to_okapi(model, n_vocab)
-        self._model = model
+            self._rescale_to_okapi(model, token_lists, n_vocab)
+        return model
 
-    def _rescale_to_okapi(self, model: bm25s.BM25, n_vocab: int) -> None:
+    def _rebuild(self) -> None:
+        self._model = self._build(self.doc_tokens)
+        self._doc_model = self._build(self.doc_level_tokens) if self.config.unit == "document" else None
+        self._row = {cid: i for i, cid in enumerate(self.ids)}
+
+    def _rescale_to_okapi(self, model: bm25s.BM25, token_lists: list[np.ndarray], n_vocab: int) -> None:
         """Turn the matrix built with lucene idf into rank-bm25 BM25Okapi scores, column by column."""
-        n = len(self.ids)
+        n = len(token_lists)
         df = np.zeros(n_vocab, dtype=np.int64)
-        for toks in self.doc_tokens:
+        for toks in token_lists:
             df[np.unique(toks)] += 1
         present = df > 0
         idf = np.zeros(n_vocab)
@@ -158,23 +194,41 @@ class BM25Retriever(Retriever):
         vocab = self.vocab
         return np.array([vocab[t] for t in self.tokenize(query) if t in vocab], dtype=np.int32)
 
-    def scores(self, query: str) -> np.ndarray:
-        """BM25 score of every indexed chunk for `query` (repeated query terms count again, as in rank-bm25)."""
-        if self._model is None:
+    def scores(self, query: str, unit: str = "chunk") -> np.ndarray:
+        """BM25 score of every chunk (or document) for `query`; repeated query terms count again, as in rank-bm25."""
+        model, n = (self._model, len(self.ids)) if unit == "chunk" else (self._doc_model, len(self.doc_ids))
+        if model is None:
             return np.zeros(0, dtype=np.float32)
         qids = self.query_ids(query)
         if len(qids) == 0:
-            return np.zeros(len(self.ids), dtype=np.float32)
-        return self._model.get_scores_from_ids(qids)
+            return np.zeros(n, dtype=np.float32)
+        return model.get_scores_from_ids(qids)
 
-    def search(self, query: str, k: int = 10) -> Ranking:
-        s = self.scores(query)
-        cand = np.flatnonzero(s)  # chunks sharing no term with the query are not results
+    @staticmethod
+    def _top(s: np.ndarray, k: int) -> np.ndarray:
+        cand = np.flatnonzero(s)  # items sharing no term with the query are not results
         if len(cand) > k:
             cand = cand[np.argpartition(-s[cand], k - 1)[:k]]
-        cand = cand[np.argsort(-s[cand], kind="stable")]
-        ids = self.ids
-        return [(ids[i], float(s[i])) for i in cand]
+        return cand[np.argsort(-s[cand], kind="stable")]
+
+    def search(self, query: str, k: int = 10) -> Ranking:
+        if self.config.unit == "chunk":
+            s = self.scores(query)
+            return [(self.ids[i], float(s[i])) for i in self._top(s, k)]
+        s = self.scores(query, unit="document")
+        top = self._top(s, k)
+        chunk_s = None
+        out = []
+        for i in top:
+            cids = self.doc_chunks[i]
+            if len(cids) > 1:  # the document's best chunk represents it
+                if chunk_s is None:
+                    chunk_s = self.scores(query)
+                best = max(cids, key=lambda c: chunk_s[self._row[c]])
+            else:
+                best = cids[0]
+            out.append((best, float(s[i])))
+        return out
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -187,10 +241,12 @@ class BM25Retriever(Retriever):
         (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
         (path / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
         (path / "config.json").write_text(json.dumps(asdict(self.config), indent=2), encoding="utf-8")
-        if self._model is not None:
-            s = self._model.scores
-            np.savez(path / "scores.npz", data=s["data"], indices=s["indices"], indptr=s["indptr"],
-                     num_docs=np.array(s["num_docs"]))
+        if self.config.unit == "document":
+            dlen = np.array([len(t) for t in self.doc_level_tokens], dtype=np.int64)
+            dflat = np.concatenate(self.doc_level_tokens) if self.doc_level_tokens else np.zeros(0, np.int32)
+            np.savez(path / "doc_tokens.npz", flat=dflat.astype(np.int32), lengths=dlen)
+            (path / "documents.json").write_text(json.dumps({"ids": self.doc_ids, "chunks": self.doc_chunks},
+                                                            ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> "BM25Retriever":
@@ -199,29 +255,37 @@ class BM25Retriever(Retriever):
             config = BM25Config(**json.loads((path / "config.json").read_text(encoding="utf-8")))
             vocab_list = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
             ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
-            with np.load(path / "tokens.npz", allow_pickle=False) as z:
-                flat, lengths = z["flat"], z["lengths"]
+            r = cls(config)
+            r.doc_tokens = _read_token_lists(path / "tokens.npz")
+            if config.unit == "document":
+                docs = json.loads((path / "documents.json").read_text(encoding="utf-8"))
+                r.doc_ids, r.doc_chunks = docs["ids"], docs["chunks"]
+                r.doc_level_tokens = _read_token_lists(path / "doc_tokens.npz")
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise IndexFormatError(f"BM25 index in {path} is missing or damaged: {e}") from e
-        r = cls(config)
         r.ids = ids
         r.vocab = {t: i for i, t in enumerate(vocab_list)}
-        r.doc_tokens = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-        scores_file = path / "scores.npz"
-        if ids and scores_file.exists():
-            method, idf_method = (config.method, None) if config.method != "okapi" else ("atire", "lucene")
-            model = bm25s.BM25(k1=config.k1, b=config.b, delta=config.delta, method=method, idf_method=idf_method)
-            with np.load(scores_file, allow_pickle=False) as z:
-                model.scores = {"data": z["data"], "indices": z["indices"], "indptr": z["indptr"],
-                                "num_docs": int(z["num_docs"])}
-            model.vocab_dict = r.vocab
-            model.nonoccurrence_array = None
-            if config.method in ("bm25l", "bm25+"):
-                r._rebuild()  # these variants also need the non-occurrence array: recompute
-            else:
-                r._model = model
-        else:
-            r._rebuild()
+        r._rebuild()
         return r
 
 
+
+
+def _read_token_lists(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        flat, lengths = z["flat"], z["lengths"]
+    return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def _document_text(chunks: Sequence[Chunk]) -> str:
+    """Title + the document text rebuilt from its (overlapping) chunks, using their offsets."""
+    parts, end = [], None
+    for c in chunks:
+        if end is not None and c.start < end:
+            parts.append(c.text[end - c.start:])
+        else:
+            parts.append(c.text if end is None else " " + c.text)
+        end = c.end
+    text = "".join(parts)
+    title = chunks[0].title
+    return f"{title} {text}" if title else text

@@ -17,10 +17,36 @@ class FusionConfig:
     rrf_k: int = 60
     weights: dict[str, float] = field(default_factory=dict)  # per retriever; missing -> 1.0 (rrf) / equal (weighted)
     candidates: int = 100  # depth taken from each retriever (at least k)
+    unit: str = "document"  # fuse per document (hit = its best-ranked chunk) or per chunk
 
     def __post_init__(self) -> None:
         if self.method not in FUSION_METHODS:
             raise ValueError(f"unknown fusion {self.method!r}; choose one of {', '.join(FUSION_METHODS)}")
+        if self.unit not in ("document", "chunk"):
+            raise ValueError(f"unknown fusion unit {self.unit!r}; choose document or chunk")
+
+
+def document_of(chunk_id: str) -> str:
+    """Chunk ids are `docid#n`."""
+    return chunk_id.rsplit("#", 1)[0]
+
+
+def by_document(rankings: Sequence[Ranking]) -> tuple[list[Ranking], dict[str, str]]:
+    """Each ranking reduced to its first (best) chunk per document, keyed by document id; plus, per
+    document, the chunk that the ranking placing it highest chose."""
+    reduced, best = [], {}
+    best_rank: dict[str, int] = {}
+    for ranking in rankings:
+        seen: dict[str, float] = {}
+        for cid, score in ranking:
+            d = document_of(cid)
+            if d not in seen:
+                seen[d] = score
+                rank = len(seen)
+                if rank < best_rank.get(d, 1 << 30):
+                    best_rank[d], best[d] = rank, cid
+        reduced.append(list(seen.items()))
+    return reduced, best
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Ranking], k: int = 60,
@@ -65,7 +91,7 @@ class HybridRetriever(Retriever):
 
     def describe(self) -> dict:
         c = self.config
-        return {"type": "hybrid", "members": list(self.retrievers), "method": c.method, "rrf_k": c.rrf_k,
+        return {"type": "hybrid", "members": list(self.retrievers), "method": c.method, "unit": c.unit, "rrf_k": c.rrf_k,
                 "weights": c.weights, "candidates": c.candidates}
 
     def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
@@ -78,11 +104,14 @@ class HybridRetriever(Retriever):
 
     def fuse(self, rankings: Sequence[Ranking]) -> Ranking:
         c = self.config
+        best = None
+        if c.unit == "document":
+            rankings, best = by_document(rankings)
         if c.method == "rrf":
-            weights = [c.weights.get(n, 1.0) for n in self.retrievers]
-            return reciprocal_rank_fusion(rankings, c.rrf_k, weights)
-        weights = [c.weights.get(n, 1.0 / len(self.retrievers)) for n in self.retrievers]
-        return weighted_fusion(rankings, weights)
+            fused = reciprocal_rank_fusion(rankings, c.rrf_k, [c.weights.get(n, 1.0) for n in self.retrievers])
+        else:
+            fused = weighted_fusion(rankings, [c.weights.get(n, 1.0 / len(self.retrievers)) for n in self.retrievers])
+        return fused if best is None else [(best[d], s) for d, s in fused]
 
     def search(self, query: str, k: int = 10) -> Ranking:
         depth = max(k, self.config.candidates)

@@ -1,0 +1,237 @@
+"""The `ragkit` command line: a thin layer over the Python API (no logic lives here)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import RagkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="ragkit: retrieval and domain adapters that make an LLM good at your domain.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetics only
+        pass
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+def _split(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+@app.callback()
+def main() -> None:
+    """ragkit: retrieval and domain adapters that make an LLM good at your domain."""
+    _quiet_libraries()
+
+
+@app.command()
+def index(
+    corpus: Path = typer.Argument(..., help="BEIR folder, .jsonl file, or folder of .txt/.md/.rst/.html files."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically)."),
+    format: str = typer.Option("auto", help="auto, beir, jsonl or folder."),
+    id_field: str = typer.Option("id", help="JSONL: field holding the document id."),
+    text_field: str = typer.Option("text", help="JSONL: field holding the text."),
+    title_field: str = typer.Option("title", help="JSONL: field holding the title (optional)."),
+    retrievers: str = typer.Option("bm25,dense", help="Comma-separated: bm25, dense."),
+    encoder: str = typer.Option("default", help="Sentence-transformers model: hub id or local folder."),
+    chunk_tokens: int = typer.Option(256, help="Tokens per chunk (title and special tokens included)."),
+    overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
+    dense_index: str = typer.Option("flat", help="flat (exact), hnsw or ivfpq."),
+    bm25_method: str = typer.Option("lucene", help="lucene, robertson, atire, bm25l, bm25+ or okapi (rank-bm25)."),
+    stopwords: str = typer.Option("en", help="Stop-word list for BM25 ('en' or 'none')."),
+    stemmer: str = typer.Option("english", help="Snowball stemmer for BM25 ('english', ... or 'none')."),
+    strict: bool = typer.Option(False, help="Folders: fail on unreadable/non-UTF-8 files instead of skipping them."),
+) -> None:
+    """Chunk and index a corpus into a folder."""
+    from .corpus import LoadReport, load_corpus
+    from .index import Index, IndexConfig
+    from .chunking import ChunkingConfig
+    from .indexes.vectors import FaissConfig
+    from .retrieve.bm25 import BM25Config
+    from .retrieve.dense import DenseConfig
+    from .models.encoder import DEFAULT_ENCODER
+
+    try:
+        config = IndexConfig(
+            retrievers=_split(retrievers), encoder=DEFAULT_ENCODER if encoder == "default" else encoder,
+            chunking=ChunkingConfig(chunk_tokens, overlap),
+            bm25=BM25Config(method=bm25_method, stopwords=None if stopwords == "none" else stopwords,
+                            stemmer=None if stemmer == "none" else stemmer),
+            dense=DenseConfig(index=FaissConfig(kind=dense_index)))
+        report = LoadReport()
+        with err.status(f"reading {corpus}"):
+            docs = load_corpus(corpus, format, report=report, strict=strict, id_field=id_field,
+                               text_field=text_field, title_field=title_field)
+        if report.n_skipped:
+            err.print(f"[yellow]warning:[/] skipped {report.n_skipped} file(s):")
+            for path, reason in report.skipped[:20]:
+                err.print(f"  {path}: {reason}")
+        err.print(f"read {len(docs)} documents from {corpus}")
+        with err.status("loading models"):
+            idx = Index(config)
+        idx.add(docs, show_progress=True)
+        with err.status(f"saving {out_dir}"):
+            idx.save(out_dir)
+    except (RagkitError, ValueError) as e:
+        _fail(e)
+    c = idx.info()["counts"]
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in idx.timings.items())
+    out.print(f"[green]indexed[/] {c['documents']} documents as {c['chunks']} chunks into {out_dir} ({times})")
+
+
+def _load(index_dir: Path):
+    from .index import Index
+
+    try:
+        with err.status(f"loading {index_dir}"):
+            return Index.load(index_dir)
+    except RagkitError as e:
+        _fail(e)
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="What to look for."),
+    index_dir: Path = typer.Option(..., "--index", "-i", help="Index folder."),
+    k: int = typer.Option(10, "-k", help="Number of hits."),
+    retriever: Optional[str] = typer.Option(None, help="bm25, dense or hybrid (default: hybrid when both exist)."),
+    as_json: bool = typer.Option(False, "--json", help="Print hits as JSON lines."),
+) -> None:
+    """Search an index and print ranked hits with their sources."""
+    idx = _load(index_dir)
+    try:
+        hits = idx.search(query, k=k, retriever=retriever)
+    except ValueError as e:
+        _fail(e)
+    if as_json:
+        for h in hits:
+            print(json.dumps(h.to_dict(), ensure_ascii=False))
+        return
+    out.print(f"[bold]{query}[/]  ({retriever or idx.default_retriever}, {len(hits)} hits)")
+    for h in hits:
+        snippet = " ".join(h.text.split())[:240]
+        out.print(f"[bold cyan]{h.rank:>2}.[/] [bold]{h.title or h.doc_id}[/]  [dim]{h.chunk_id} · {h.source} "
+                  f"· chars {h.start}-{h.end} · score {h.score:.4f}[/]")
+        out.print(f"    {snippet}{'…' if len(h.text) > 240 else ''}", highlight=False)
+
+
+@app.command()
+def add(
+    index_dir: Path = typer.Argument(..., help="Index folder to update."),
+    corpus: Path = typer.Argument(..., help="Documents to add (any corpus format)."),
+    replace: bool = typer.Option(False, help="Replace documents whose ids are already indexed."),
+) -> None:
+    """Add documents to an index; what is indexed already is not re-encoded."""
+    from .corpus import load_corpus
+
+    idx = _load(index_dir)
+    try:
+        n = idx.add(load_corpus(corpus), replace=replace, show_progress=True)
+        idx.save(index_dir)
+    except RagkitError as e:
+        _fail(e)
+    out.print(f"[green]added[/] {n} chunks; index now holds {idx.info()['counts']}")
+
+
+@app.command()
+def delete(
+    index_dir: Path = typer.Argument(..., help="Index folder to update."),
+    doc_ids: list[str] = typer.Argument(..., help="Document ids to remove."),
+) -> None:
+    """Delete documents (all their chunks) from an index."""
+    idx = _load(index_dir)
+    try:
+        n = idx.delete(doc_ids)
+    except KeyError as e:
+        _fail(Exception(e.args[0]))
+    idx.save(index_dir)
+    out.print(f"[green]deleted[/] {len(doc_ids)} documents ({n} chunks); index now holds {idx.info()['counts']}")
+
+
+@app.command()
+def info(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+) -> None:
+    """Show an index's manifest: encoder, chunking, counts, retrievers, dates."""
+    from .indexes.store import read_manifest
+
+    try:
+        m = read_manifest(index_dir)
+    except RagkitError as e:
+        _fail(e)
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    t = Table(title=str(index_dir), show_header=False)
+    t.add_row("ragkit", f"{m['ragkit_version']} (format {m['format_version']})")
+    t.add_row("created / updated", f"{m['created']} / {m['updated']}")
+    t.add_row("documents / chunks", f"{m['counts']['documents']} / {m['counts']['chunks']}")
+    enc = m.get("encoder", {})
+    t.add_row("encoder", f"{enc.get('id')} (dim {enc.get('dimension', '-')})")
+    ch = m["chunking"]
+    t.add_row("chunking", f"{ch['chunk_tokens']} tokens, overlap {ch['overlap']} ({ch['tokenizer']})")
+    for name, r in m["retrievers"].items():
+        detail = (f"{r['method']} k1={r['k1']} b={r['b']} stopwords={r['stopwords']} stemmer={r['stemmer']}"
+                  if name == "bm25" else f"faiss {r['index']['kind']}")
+        t.add_row(name, detail)
+    out.print(t)
+
+
+@app.command("eval")
+def eval_(
+    data_dir: Path = typer.Argument(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),
+    retrievers: str = typer.Option("bm25,dense,hybrid", help="Comma-separated: bm25, dense, hybrid."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
+    split: str = typer.Option("test", help="qrels split to score."),
+    fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
+    chunk_tokens: int = typer.Option(256, help="Tokens per chunk."),
+    overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
+) -> None:
+    """Score retrievers on a BEIR folder: nDCG@10, R@100, RR@10, index seconds, ms per query."""
+    from .chunking import ChunkingConfig
+    from .evaluate import evaluate_beir
+    from .index import IndexConfig
+    from .retrieve.hybrid import FusionConfig
+
+    try:
+        config = IndexConfig(chunking=ChunkingConfig(chunk_tokens, overlap), fusion=FusionConfig(method=fusion))
+        res = evaluate_beir(data_dir, _split(retrievers), split=split, config=config, show_progress=True)
+    except (RagkitError, ValueError) as e:
+        _fail(e)
+    t = Table(title=f"{data_dir.name} ({split})")
+    for col in ["retriever", "nDCG@10", "R@100", "RR@10", "index s", "ms/query"]:
+        t.add_column(col, justify="right" if col != "retriever" else "left")
+    for name, m in res.items():
+        t.add_row(name, *(f"{m[c]:.4f}" for c in ("nDCG@10", "R@100", "RR@10")), f"{m['index_s']:.2f}",
+                  f"{m['ms_per_query']:.2f}")
+    out.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=2) + "\n")
+        out.print(f"wrote {json_out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app(sys.argv[1:])

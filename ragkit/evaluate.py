@@ -1,0 +1,88 @@
+"""Retrieval evaluation on BEIR folders with ir-measures (nDCG@10, R@100, RR@10).
+
+Evaluation is per document: a chunked document scores as its best chunk. Timing follows the shared
+baselines: corpus encoding on all cores, then one query at a time on one torch thread.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import ir_measures
+from ir_measures import RR, R, nDCG
+
+from .corpus import load_beir_corpus, load_beir_qrels, load_beir_queries
+from .errors import CorpusError
+from .index import Index, IndexConfig
+from .progress import progress_bar
+from .retrieve.base import Ranking
+
+MEASURES = {"nDCG@10": nDCG @ 10, "R@100": R @ 100, "RR@10": RR @ 10}
+EVAL_RETRIEVERS = ("bm25", "dense", "hybrid")
+
+
+def best_chunk_per_document(ranking: Ranking, chunk_to_doc: dict[str, str], k: int) -> dict[str, float]:
+    """Collapse a chunk ranking to documents (max score), keeping the first k documents."""
+    docs: dict[str, float] = {}
+    for cid, score in ranking:
+        d = chunk_to_doc[cid]
+        if d not in docs:
+            docs[d] = score  # rankings are best first, so the first chunk seen is the best
+            if len(docs) == k:
+                break
+    return docs
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def evaluate_beir(data_dir: str | Path, retrievers: Sequence[str] = EVAL_RETRIEVERS, split: str = "test",
+                  config: IndexConfig | None = None, k: int = 100, show_progress: bool | None = None) -> dict:
+    """Index a BEIR folder in memory and score each retriever; returns {retriever: {measure: value, ...}}."""
+    data_dir = Path(data_dir)
+    unknown = [r for r in retrievers if r not in EVAL_RETRIEVERS]
+    if unknown:
+        raise ValueError(f"unknown retrievers {unknown}; choose from {', '.join(EVAL_RETRIEVERS)}")
+    docs = load_beir_corpus(data_dir)
+    qrels = load_beir_qrels(data_dir, split)
+    queries = {q: t for q, t in load_beir_queries(data_dir).items() if q in qrels}
+    if not queries:
+        raise CorpusError(f"no query of queries.jsonl has judgements in qrels/{split}.tsv", str(data_dir))
+
+    needed = sorted({"bm25", "dense"} & set(r for name in retrievers for r in (["bm25", "dense"] if name == "hybrid" else [name])))
+    config = replace(config or IndexConfig(), retrievers=needed)
+    _set_threads(os.cpu_count() or 1)
+    index = Index(config)
+    index.add(docs, show_progress=show_progress)
+    t_chunk = index.timings.get("chunking", 0.0)
+    chunk_to_doc = {c.id: c.doc_id for c in index.chunks}
+    n_chunks, n_docs = len(index.chunks), index.chunks.n_documents
+    depth = min(n_chunks, max(k, int(math.ceil(2 * k * n_chunks / n_docs))))
+    if "hybrid" in retrievers:
+        index.config.fusion = replace(index.config.fusion, candidates=depth)
+
+    _set_threads(1)
+    results: dict[str, dict] = {}
+    for name in retrievers:
+        retriever = index.retriever(name)
+        members = ["bm25", "dense"] if name == "hybrid" else [name]
+        run: dict[str, dict[str, float]] = {}
+        with progress_bar(f"queries ({name})", len(queries), show_progress) as advance:
+            start = time.perf_counter()
+            for qid, text in queries.items():
+                run[qid] = best_chunk_per_document(retriever.search(text, depth), chunk_to_doc, k)
+                advance(1)
+            ms = (time.perf_counter() - start) / len(queries) * 1000
+        agg = ir_measures.calc_aggregate(list(MEASURES.values()), qrels, run)
+        results[name] = {m: round(float(agg[v]), 4) for m, v in MEASURES.items()}
+        results[name]["index_s"] = round(t_chunk + sum(index.timings[m] for m in members), 2)
+        results[name]["ms_per_query"] = round(ms, 2)
+    _set_threads(os.cpu_count() or 1)
+    return results
