@@ -52,8 +52,8 @@ def render(name):
         docs.append([name, first, pydoc.render_doc(mod, renderer=pydoc.plaintext)])
         return mod if hasattr(mod, "__path__") else None
     except BaseException as e:
-        skipped.append([name, ("not importable here: %s" if isinstance(e, ImportError) else
-                               type(e).__name__ + ": %s") % e])
+        why = "not importable here" if isinstance(e, ImportError) else type(e).__name__
+        skipped.append([name, "%s: %s" % (why, e)])
 
 def walk(pkg):
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
@@ -87,12 +87,14 @@ def _render(name: str, submodules: bool, cwd: str) -> tuple[list, list]:
 
 
 def _machine_paths(cwd: str) -> list[tuple[str, str]]:
-    """(path, placeholder) pairs to scrub, longest first: the corpus names none of this machine's paths."""
-    home = os.path.expanduser("~")
-    pairs = {home: "~"} if len(home) > 1 and home != "~" else {}
-    for name in ("prefix", "exec_prefix", "base_prefix", "base_exec_prefix", "cwd"):
+    """(path, placeholder) pairs to scrub, longest first: the corpus names none of this machine's paths
+    (system prefixes such as /usr are not this machine's and stay)."""
+    home = os.path.expanduser("~").rstrip(os.sep)
+    pairs = {home + os.sep: "~" + os.sep} if home and home != "~" else {}
+    for name in ("cwd", "base_exec_prefix", "exec_prefix", "base_prefix", "prefix"):  # last one wins
         path = cwd if name == "cwd" else getattr(sys, name)
-        pairs.update({path: f"<{name}>", os.path.realpath(path): f"<{name}>"})
+        tag = "<cwd>" if name == "cwd" else f"<sys.{name}>"
+        pairs.update({p: tag for p in (path, os.path.realpath(path)) if p not in ("/", "/usr", "/usr/local")})
     return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
 
 
@@ -217,10 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     stats = build_pydocs_corpus(args.out, args.submodules, args.max_chars)
     if args.verbose:
-        for name, reason in stats["skipped"]:
-            print(f"skipped {name}: {reason}", file=sys.stderr)
-        for name, size in stats["largest"]:
-            print(f"largest {name}: {size:,} chars", file=sys.stderr)
+        print(*[f"skipped {name}: {why}" for name, why in stats["skipped"]],
+              *[f"largest {name}: {size:,} chars" for name, size in stats["largest"]], sep="\n", file=sys.stderr)
     print(f"{args.out}: {stats['documents']} documents ({stats['topics']} topics, {stats['modules']} modules), "
           f"{stats['chars']:,} chars, {stats['truncated']} truncated at {stats['max_chars'] or 'no cap'}, "
           f"{len(stats['skipped'])} modules skipped (--verbose lists them), {stats['seconds']}s")
