@@ -164,8 +164,9 @@ def truncate(text: str, max_chars: int | None, module: bool = False) -> str:
         parts.sort(key=lambda s: rank.get(s.split("\n", 1)[0], 3))
         text = "\n\n".join(p.strip("\n") for p in parts if p.strip())
     marker = "\n[... truncated]\n"
-    cut = text.rfind("\n", 0, max(max_chars - len(marker), 1))
-    return text[: cut if cut > 0 else max_chars - len(marker)].rstrip() + marker
+    keep = max(max_chars - len(marker), 0)
+    cut = text.rfind("\n", 0, keep)
+    return text[: cut if cut > 0 else keep].rstrip() + marker
 
 
 def build_pydocs_corpus(out_path: str | Path, submodules: bool = False, max_chars: int | None = None) -> dict:

@@ -9,7 +9,7 @@ import hashlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -50,6 +50,23 @@ def _fingerprint(folder: str) -> str:
         else:
             h.update(str(p.stat().st_size).encode())
     return h.hexdigest()[:16]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What ragkit needs from a text encoder (sentence-transformers now; a Ray pool or a remote
+    embedding service can stand behind the same methods later)."""
+
+    model_id: str
+
+    @property
+    def dim(self) -> int: ...
+    @property
+    def tokenizer(self): ...
+    def describe(self) -> dict: ...
+    def encode(self, texts: Sequence[str], batch_size: int = 64,
+               progress: Callable[[int], None] | None = None) -> np.ndarray: ...
+    def encode_query(self, query: str) -> np.ndarray: ...
 
 
 class SentenceEncoder:
