@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, require_datasets, table, write_results  # noqa: E402
+from common import environment, load_set, table, write_results  # noqa: E402
 
 import bm25s  # noqa: E402
 import numpy as np  # noqa: E402
@@ -20,7 +20,6 @@ import Stemmer  # noqa: E402
 from rank_bm25 import BM25Okapi  # noqa: E402
 
 from ragkit import Index, IndexConfig  # noqa: E402
-from ragkit.corpus import load_beir_corpus, load_beir_qrels, load_beir_queries  # noqa: E402
 
 STEM = Stemmer.Stemmer("english")
 
@@ -45,10 +44,7 @@ def main() -> None:
     ap.add_argument("set", nargs="?", default="npl")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    data = require_datasets() / args.set
-    docs = load_beir_corpus(data)
-    qrels = load_beir_qrels(data)
-    queries = [t for q, t in load_beir_queries(data).items() if q in qrels]
+    docs, queries = load_set(args.set)
     ids = [d.id for d in docs]
 
     t0 = time.perf_counter()

@@ -24,6 +24,15 @@ def require_datasets() -> Path:
     return d
 
 
+def load_set(name: str):
+    """(documents, judged query texts) of a shared BEIR set."""
+    from ragkit.corpus import load_beir_corpus, load_beir_qrels, load_beir_queries
+
+    data = require_datasets() / name
+    qrels = load_beir_qrels(data)
+    return load_beir_corpus(data), [t for q, t in load_beir_queries(data).items() if q in qrels]
+
+
 def read_baselines(path: Path) -> dict[tuple[str, str], dict[str, float]]:
     """Rows of BASELINES.md's results table: {(set, system): {nDCG@10, R@100, RR@10}}."""
     rows = {}

@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, require_datasets, table, write_results  # noqa: E402
+from common import environment, load_set, table, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ragkit import Index, IndexConfig  # noqa: E402
-from ragkit.corpus import load_beir_corpus, load_beir_qrels, load_beir_queries  # noqa: E402
 from ragkit.indexes.vectors import FaissConfig, FaissVectorStore  # noqa: E402
 from ragkit.models.encoder import SentenceEncoder  # noqa: E402
 
@@ -29,10 +28,7 @@ def main() -> None:
     ap.add_argument("set", nargs="?", default="npl")
     ap.add_argument("--encode-docs", type=int, default=3000)
     args = ap.parse_args()
-    data = require_datasets() / args.set
-    docs = load_beir_corpus(data)
-    qrels = load_beir_qrels(data)
-    queries = [t for q, t in load_beir_queries(data).items() if q in qrels]
+    docs, queries = load_set(args.set)
     encoder = SentenceEncoder.from_pretrained("default")
     torch.set_num_threads(os.cpu_count() or 1)
 
