@@ -35,5 +35,11 @@ demo: install $(DEMO_INDEX)/manifest.json
 	$(BIN)/ragkit search "how do I read a file line by line" --index $(DEMO_INDEX) -k 5
 	$(BIN)/ragkit search "sort a list of dictionaries by a key" --index $(DEMO_INDEX) -k 5
 
+# Benchmarks (need ../shared/datasets or $RAGKIT_DATASETS); results go to bench/results/.
+bench: install
+	$(BIN)/python bench/bm25.py
+	$(BIN)/python bench/dense.py
+	$(BIN)/python bench/quality.py
+
 clean-demo:
 	rm -rf $(DEMO_INDEX) corpora/pydocs

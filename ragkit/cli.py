@@ -129,12 +129,13 @@ def search(
         for h in hits:
             print(json.dumps(h.to_dict(), ensure_ascii=False))
         return
-    out.print(f"[bold]{query}[/]  ({retriever or idx.default_retriever}, {len(hits)} hits)")
+    out.print(f"[bold]{escape(query)}[/]  ({retriever or idx.default_retriever}, {len(hits)} hits)")
     for h in hits:
-        snippet = " ".join(h.text.split())[:240]
-        out.print(f"[bold cyan]{h.rank:>2}.[/] [bold]{h.title or h.doc_id}[/]  [dim]{h.chunk_id} · {h.source} "
-                  f"· chars {h.start}-{h.end} · score {h.score:.4f}[/]")
-        out.print(f"    {snippet}{'…' if len(h.text) > 240 else ''}", highlight=False)
+        snippet = " ".join(h.text.split())
+        snippet = snippet[:220] + ("…" if len(snippet) > 220 else "")
+        out.print(f"[bold cyan]{h.rank:>2}.[/] [bold]{escape(h.title or h.doc_id)}[/]", overflow="ellipsis", no_wrap=True)
+        out.print(f"    [dim]{escape(h.chunk_id)} · {escape(h.source)} · chars {h.start}-{h.end} · score {h.score:.4f}[/]")
+        out.print(f"    {escape(snippet)}", highlight=False)
 
 
 @app.command()
