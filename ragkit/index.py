@@ -82,9 +82,16 @@ def _now() -> str:
 
 
 def _load_tokenizer(encoder_name: str):
+    """The encoder's tokenizer without loading the model: its tokenizer.json when the model is a
+    local folder (no transformers import), else transformers' AutoTokenizer."""
+    _, target = resolve_model_path(encoder_name)
+    tokenizer_file = Path(target) / "tokenizer.json"
+    if tokenizer_file.is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(tokenizer_file))
     from transformers import AutoTokenizer
 
-    _, target = resolve_model_path(encoder_name)
     return AutoTokenizer.from_pretrained(target)
 
 

@@ -111,18 +111,19 @@ class BM25Retriever(Retriever):
     # -- building -------------------------------------------------------------------------------
     def _token_ids(self, text: str) -> np.ndarray:
         vocab = self.vocab
-        toks = self.tokenize(text)
-        return np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), dtype=np.int32, count=len(toks))
+        return np.array([vocab.setdefault(t, len(vocab)) for t in self.tokenize(text)], dtype=np.int32)
 
     def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
         """Index chunks; with unit="document" a document's chunks must all arrive in one call."""
         known = set(self.ids)
         by_doc: dict[str, list[Chunk]] = {}
+        new_tokens: dict[str, np.ndarray] = {}
         for c in chunks:
             if c.id in known:
                 raise ValueError(f"chunk {c.id!r} is already indexed")
             self.ids.append(c.id)
-            self.doc_tokens.append(self._token_ids(c.indexed_text))
+            new_tokens[c.id] = self._token_ids(c.indexed_text)
+            self.doc_tokens.append(new_tokens[c.id])
             known.add(c.id)
             by_doc.setdefault(c.doc_id, []).append(c)
             if progress:
@@ -135,7 +136,9 @@ class BM25Retriever(Retriever):
                 parts.sort(key=lambda c: c.n)
                 self.doc_ids.append(doc_id)
                 self.doc_chunks.append([c.id for c in parts])
-                self.doc_level_tokens.append(self._token_ids(_document_text(parts)))
+                # a one-chunk document is its chunk (same title + text): reuse the chunk's tokens
+                self.doc_level_tokens.append(new_tokens[parts[0].id] if len(parts) == 1
+                                             else self._token_ids(_document_text(parts)))
         self._rebuild()
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
