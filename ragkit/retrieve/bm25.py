@@ -199,10 +199,12 @@ class BM25Retriever(Retriever):
 
     def scores(self, query: str, unit: str = "chunk") -> np.ndarray:
         """BM25 score of every chunk (or document) for `query`; repeated query terms count again, as in rank-bm25."""
+        return self._scores(self.query_ids(query), unit)
+
+    def _scores(self, qids: np.ndarray, unit: str) -> np.ndarray:
         model, n = (self._model, len(self.ids)) if unit == "chunk" else (self._doc_model, len(self.doc_ids))
         if model is None:
             return np.zeros(0, dtype=np.float32)
-        qids = self.query_ids(query)
         if len(qids) == 0:
             return np.zeros(n, dtype=np.float32)
         return model.get_scores_from_ids(qids)
@@ -215,18 +217,18 @@ class BM25Retriever(Retriever):
         return cand[np.argsort(-s[cand], kind="stable")]
 
     def search(self, query: str, k: int = 10) -> Ranking:
+        qids = self.query_ids(query)
         if self.config.unit == "chunk":
-            s = self.scores(query)
+            s = self._scores(qids, "chunk")
             return [(self.ids[i], float(s[i])) for i in self._top(s, k)]
-        s = self.scores(query, unit="document")
-        top = self._top(s, k)
+        s = self._scores(qids, "document")
         chunk_s = None
         out = []
-        for i in top:
+        for i in self._top(s, k):
             cids = self.doc_chunks[i]
             if len(cids) > 1:  # the document's best chunk represents it
                 if chunk_s is None:
-                    chunk_s = self.scores(query)
+                    chunk_s = self._scores(qids, "chunk")
                 best = max(cids, key=lambda c: chunk_s[self._row[c]])
             else:
                 best = cids[0]
