@@ -6,7 +6,6 @@ usage: python bench/bm25.py [SET] [--repeats 5]     writes bench/results/bm25.js
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
