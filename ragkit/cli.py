@@ -201,6 +201,58 @@ def info(
     out.print(t)
 
 
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question."),
+    index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder (overrides the config's)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML file."),
+    k: Optional[int] = typer.Option(None, "-k", help="Sources to retrieve."),
+    retriever: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
+    llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder (backend hf), or the endpoint's model."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer, in tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole answer (text, sources, citations) as JSON."),
+) -> None:
+    """Answer a question from an index with an LLM, streaming the answer, then its cited sources."""
+    from .config import PipelineConfig
+    from .pipeline import Pipeline
+
+    try:
+        config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
+        if index_dir:
+            config.index = str(index_dir)
+        if k:
+            config.retrieval.k = k
+        if retriever:
+            config.retrieval.retriever = retriever
+        if llm:
+            config.llm.model = llm
+        if max_new_tokens:
+            config.generation.max_new_tokens = max_new_tokens
+        with err.status("loading index and model"):
+            pipeline = Pipeline.from_config(config)
+        stream = pipeline.stream(question)
+        for piece in stream:
+            if not as_json:
+                out.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+    except (RagkitError, ValueError) as e:
+        _fail(e)
+    answer = stream.answer
+    if as_json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
+        return
+    out.print()
+    cited = set(answer.citations)
+    out.print(f"\n[bold]Sources[/] (cited: {', '.join(f'[{n}]' for n in answer.citations) or 'none'})")
+    for s in answer.sources:
+        mark = "[green]cited[/]" if s.n in cited else "[dim]not cited[/]"
+        out.print(f"  [{s.n}] {escape(s.title or s.doc_id)} — {escape(s.source)}, {escape(s.chunk_id)}, "
+                  f"chars {s.start}-{s.end}{' (cut)' if s.truncated else ''}  {mark}", soft_wrap=True)
+    if answer.dropped:
+        out.print(f"  [yellow]left out for the context budget:[/] {', '.join(answer.dropped)}")
+    if answer.unknown_citations:
+        out.print(f"  [yellow]cited numbers with no source:[/] {answer.unknown_citations}")
+
+
 @app.command("eval")
 def eval_(
     data_dir: Path = typer.Argument(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),

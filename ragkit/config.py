@@ -1,0 +1,104 @@
+"""One pipeline configuration, read from YAML by the CLI, the Python API and (later) the server.
+
+    index: indexes/pydocs
+    retrieval: {retriever: hybrid, k: 5}
+    llm: {backend: hf, model: default, threads: 1}        # or backend: openai, base_url: ..., model: ...
+    generation: {max_new_tokens: 256, temperature: 0.0}
+    prompt: {system: "...", template: "..."}
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RagkitError
+from .llm.base import GenerationConfig
+
+DEFAULT_SYSTEM = ("You answer questions using only the numbered sources. Cite every source you use with its "
+                  "number in square brackets, like [1]. If the sources do not contain the answer, say so.")
+DEFAULT_TEMPLATE = "Sources:\n\n{sources}\n\nQuestion: {question}"
+SOURCE_TEMPLATE = "[{n}] {title} ({source})\n{text}"
+
+
+class ConfigError(RagkitError):
+    """A configuration file or value is wrong; the message names the field."""
+
+
+@dataclass
+class RetrievalConfig:
+    retriever: str | None = None  # bm25, dense, hybrid; None: the index's default
+    k: int = 5
+
+
+@dataclass
+class LLMConfig:
+    backend: str = "hf"           # hf (local transformers) or openai (an OpenAI-compatible endpoint)
+    model: str = "default"
+    dtype: str = "float32"
+    threads: int | None = 1
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 60.0
+    retries: int = 2
+    context_window: int | None = None  # override the model's own
+
+
+@dataclass
+class PromptConfig:
+    system: str = DEFAULT_SYSTEM
+    template: str = DEFAULT_TEMPLATE
+    source_template: str = SOURCE_TEMPLATE
+    min_source_tokens: int = 48   # a source cut to fewer tokens than this is dropped instead
+
+
+@dataclass
+class PipelineConfig:
+    index: str | None = None
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "PipelineConfig":
+        return _build(cls, data or {}, where)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        return cls.from_dict(data or {}, str(path))  # a relative index path is taken from the working directory
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(sub, type):
+            kwargs[name] = _build(sub, value or {}, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e

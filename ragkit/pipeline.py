@@ -1,0 +1,201 @@
+"""`ragkit.Pipeline`: retrieve → pack numbered sources within the context budget → generate → an
+answer whose `[n]` citations map to the sources (doc id, title, source path, chunk offsets)."""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from .config import LLMConfig, PipelineConfig
+from .errors import RagkitError
+from .index import Hit, Index
+from .llm.base import LLM, GenerationConfig, Message
+
+CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+class PromptTooLongError(RagkitError):
+    """The question alone does not fit the model's context."""
+
+
+@dataclass
+class Source:
+    """A numbered source as the model saw it (text may be cut at a token boundary to fit)."""
+
+    n: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    source: str
+    start: int
+    end: int
+    text: str
+    score: float
+    truncated: bool = False
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    sources: list[Source]                       # what the prompt held, numbered from 1
+    citations: list[int]                         # the [n] the answer used, in order of first use
+    dropped: list[str] = field(default_factory=list)   # chunk ids left out for the context budget
+    unknown_citations: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cited_sources(self) -> list[Source]:
+        by_n = {s.n: s for s in self.sources}
+        return [by_n[n] for n in self.citations]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_citations(text: str, n_sources: int) -> tuple[list[int], list[int]]:
+    """[n], [n, m] and [n][m] markers → (valid numbers in order of first use, out-of-range numbers)."""
+    valid, unknown = [], []
+    for group in CITATION.findall(text):
+        for n in (int(x) for x in group.split(",")):
+            target = valid if 1 <= n <= n_sources else unknown
+            if n not in target:
+                target.append(n)
+    return valid, unknown
+
+
+def load_llm(config: LLMConfig) -> LLM:
+    """The backend a configuration names."""
+    if config.backend == "hf":
+        from .llm.hf import HFCausalLM
+
+        llm = HFCausalLM.from_pretrained(config.model, dtype=config.dtype, threads=config.threads)
+    elif config.backend == "openai":
+        from .llm.openai_compat import OpenAICompatLLM
+
+        if not config.base_url:
+            raise RagkitError("llm.base_url is required for backend 'openai'")
+        llm = OpenAICompatLLM(config.base_url, config.model, config.api_key_env, config.timeout, config.retries)
+    else:
+        raise RagkitError(f"unknown llm.backend {config.backend!r}; choose hf or openai")
+    if config.context_window:
+        llm.context_window = config.context_window
+    return llm
+
+
+class Pipeline:
+    """Retrieval-augmented generation over a ragkit index with any LLM backend."""
+
+    def __init__(self, index: Index | None, llm: LLM, config: PipelineConfig | None = None) -> None:
+        self.index, self.llm = index, llm
+        self.config = config or PipelineConfig()
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> "Pipeline":
+        index = Index.load(config.index) if config.index else None
+        return cls(index, load_llm(config.llm), config)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def retrieve(self, question: str) -> list[Hit]:
+        if self.index is None:
+            return []
+        r = self.config.retrieval
+        return self.index.search(question, k=r.k, retriever=r.retriever)
+
+    def _messages(self, question: str, sources_text: str) -> list[Message]:
+        p = self.config.prompt
+        return [{"role": "system", "content": p.system},
+                {"role": "user", "content": p.template.format(sources=sources_text, question=question)}]
+
+    def _fit(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of `text` that is at most `max_tokens` tokens, cut between tokens."""
+        tok = getattr(self.llm, "tokenizer", None)
+        if tok is None:  # remote model without a local tokenizer: estimate by characters
+            return text[: max(0, max_tokens * 3)]
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]] if max_tokens > 0 else ""
+
+    def pack(self, question: str, hits: list[Hit], gen: GenerationConfig | None = None
+             ) -> tuple[list[Message], list[Source], list[str]]:
+        """Number the hits as sources, in rank order, within the context budget.
+
+        Budget = context window − max new tokens − the prompt without sources. A source that does
+        not fit whole is cut at a token boundary, or dropped when fewer than `min_source_tokens`
+        would remain; dropped chunk ids are returned.
+        """
+        gen = gen or self.config.generation
+        p = self.config.prompt
+        count = self.llm.count_tokens
+        overhead = count(self._render(self._messages(question, ""))) + 8  # template tokens, separators
+        budget = self.llm.context_window - gen.max_new_tokens - overhead
+        if budget < 0:
+            raise PromptTooLongError(
+                f"the question is too long: the prompt needs {overhead} tokens plus {gen.max_new_tokens} to answer, "
+                f"but {self.llm.model_id} has a context of {self.llm.context_window} tokens")
+        sources, dropped, blocks = [], [], []
+        for hit in hits:
+            n = len(sources) + 1
+            header = p.source_template.format(n=n, title=hit.title or hit.doc_id, source=hit.source, text="")
+            room = budget - count(header) - 2
+            text, truncated = hit.text, False
+            if count(text) > room:
+                if room < p.min_source_tokens:
+                    dropped.append(hit.chunk_id)
+                    continue
+                text, truncated = self._fit(hit.text, room), True
+            block = p.source_template.format(n=n, title=hit.title or hit.doc_id, source=hit.source, text=text)
+            budget -= count(block) + 2
+            blocks.append(block)
+            sources.append(Source(n, hit.chunk_id, hit.doc_id, hit.title, hit.source, hit.start,
+                                  hit.start + len(text), text, hit.score, truncated))
+        return self._messages(question, "\n\n".join(blocks)), sources, dropped
+
+    def _render(self, messages: list[Message]) -> str:
+        render = getattr(self.llm, "render", None)
+        return render(messages) if render else "\n\n".join(m["content"] for m in messages)
+
+    # -- answering ------------------------------------------------------------------------------
+    def ask(self, question: str, gen: GenerationConfig | None = None) -> Answer:
+        stream = self.stream(question, gen)
+        for _ in stream:
+            pass
+        return stream.answer
+
+    def stream(self, question: str, gen: GenerationConfig | None = None) -> "AnswerStream":
+        """Iterate text pieces as they are generated; `.answer` holds the Answer afterwards."""
+        return AnswerStream(self, question, gen or self.config.generation)
+
+
+class AnswerStream:
+    """Iterator over answer text pieces; the complete `Answer` is in `.answer` once exhausted."""
+
+    def __init__(self, pipeline: Pipeline, question: str, gen: GenerationConfig) -> None:
+        if not question or not question.strip():
+            raise ValueError("the question is empty")
+        self.pipeline, self.question, self.gen = pipeline, question, gen
+        t0 = time.perf_counter()
+        self.hits = pipeline.retrieve(question)
+        t1 = time.perf_counter()
+        self.messages, self.sources, self.dropped = pipeline.pack(question, self.hits, gen)
+        self.timings = {"retrieve_s": t1 - t0, "pack_s": time.perf_counter() - t1}
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        llm, pieces = self.pipeline.llm, []
+        t0 = time.perf_counter()
+        first = None
+        for piece in llm.stream(self.messages, self.gen):
+            if first is None:
+                first = time.perf_counter() - t0
+            pieces.append(piece)
+            yield piece
+        text = "".join(pieces)
+        citations, unknown = parse_citations(text, len(self.sources))
+        prompt = self.pipeline._render(self.messages)
+        self.timings.update(generate_s=time.perf_counter() - t0, first_token_s=first or 0.0)
+        self.answer = Answer(self.question, text, self.sources, citations, self.dropped, unknown,
+                             llm.count_tokens(prompt), llm.count_tokens(text) if text else 0, self.timings)
