@@ -1,0 +1,100 @@
+"""Grounded generation with the real packaged SmolLM2 and MiniLM (short greedy answers)."""
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+from ragkit import Document, Index
+from ragkit.cli import app
+from ragkit.config import ConfigError, PipelineConfig
+from ragkit.llm import GenerationConfig, HFCausalLM
+from ragkit.pipeline import Pipeline, PromptTooLongError, parse_citations
+
+SHORT = GenerationConfig(max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return HFCausalLM.from_pretrained("default")
+
+
+@pytest.fixture(scope="module")
+def index(encoder, topic_docs):
+    return Index.build([replace(d, text=d.text[:2000]) for d in topic_docs[:40]], encoder=encoder)
+
+
+def test_parse_citations():
+    assert parse_citations("A [2] and B [1, 3][2] and [9].", 3) == ([2, 1, 3], [9])
+    assert parse_citations("no markers", 3) == ([], [])
+
+
+def test_sources_are_numbered_hits_and_citations_map_back(index, llm, topic_docs):
+    pipe = Pipeline(index, llm, PipelineConfig(generation=SHORT))
+    answer = pipe.ask("What does the assert statement do?")
+    texts = {d.id: d.text for d in topic_docs}
+    assert [s.n for s in answer.sources] == list(range(1, len(answer.sources) + 1)) and len(answer.sources) == 5
+    assert answer.sources[0].doc_id == "topic:assert"
+    for s in answer.sources:
+        assert texts[s.doc_id][s.start:s.end] == s.text  # every source cites real characters of the document
+    assert answer.text and answer.completion_tokens > 0 and answer.prompt_tokens > 500
+    assert all(1 <= n <= len(answer.sources) for n in answer.citations)
+    assert [s.n for s in answer.cited_sources] == answer.citations
+    # the model sees exactly these numbered sources
+    prompt = llm.render(pipe.pack("What does the assert statement do?", index.search("What does the assert statement do?", 5))[0])
+    assert all(f"[{s.n}] {s.title}" in prompt for s in answer.sources)
+
+
+def test_streaming_gives_the_same_answer_as_ask(index, llm):
+    pipe = Pipeline(index, llm, PipelineConfig(generation=SHORT))
+    stream = pipe.stream("How do for loops work?")
+    pieces = list(stream)
+    assert len(pieces) > 1 and "".join(pieces) == stream.answer.text == pipe.ask("How do for loops work?").text
+    assert stream.answer.timings["first_token_s"] > 0
+
+
+def test_context_budget_cuts_at_a_token_boundary_and_reports_drops(index, llm):
+    pipe = Pipeline(index, llm, PipelineConfig(generation=SHORT))
+    hits = index.search("class definitions and inheritance", 5)
+    full = sum(llm.count_tokens(h.text) for h in hits)
+    llm_context = llm.context_window
+    try:
+        llm.context_window = 24 + 160 + full // 3  # room for about a third of the sources
+        messages, sources, dropped = pipe.pack("class definitions and inheritance", hits)
+    finally:
+        llm.context_window = llm_context
+    kept = {s.chunk_id for s in sources}
+    assert 0 < len(sources) and sum(len(s.text) for s in sources) < sum(len(h.text) for h in hits)
+    assert dropped == [h.chunk_id for h in hits if h.chunk_id not in kept]  # every left-out source is reported
+    assert len(llm.render(messages)) > 0 and llm.count_tokens(llm.render(messages)) <= 24 + 160 + full // 3 + 8
+    by_id = {h.chunk_id: h for h in hits}
+    for s in sources:
+        h = by_id[s.chunk_id]
+        assert h.text.startswith(s.text)
+        if s.truncated:  # the cut falls on the end of a token of the full text
+            ends = {e for _, e in llm.tokenizer(h.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]}
+            assert len(s.text) in ends and len(s.text) < len(h.text)
+
+
+def test_over_long_question_is_a_clear_error(index, llm):
+    pipe = Pipeline(index, llm, PipelineConfig(generation=SHORT))
+    with pytest.raises(PromptTooLongError, match="the question is too long"):
+        pipe.ask("why " * 9000)
+
+
+def test_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("llm:\n  modle: x\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml\.llm: unknown field\(s\) modle"):
+        PipelineConfig.from_yaml(bad)
+    bad.write_text("retrieval: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        PipelineConfig.from_yaml(bad)
+
+
+def test_cli_ask_streams_answer_and_sources(index, tmp_path):
+    index.save(tmp_path / "idx")
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(f"index: {tmp_path / 'idx'}\nretrieval:\n  k: 2\ngeneration:\n  max_new_tokens: 16\n")
+    r = CliRunner().invoke(app, ["ask", "What does the assert statement do?", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "Sources" in r.output and "[1] assert" in r.output and "topic:assert#0" in r.output
