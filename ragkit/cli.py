@@ -253,6 +253,44 @@ def ask(
         out.print(f"  [yellow]cited numbers with no source:[/] {answer.unknown_citations}")
 
 
+@app.command("eval-qa")
+def eval_qa(
+    data_dir: Path = typer.Argument(..., help="BEIR folder with answers.jsonl (e.g. pubmedqa_labeled)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML (LLM, k, retriever, index)."),
+    conditions: str = typer.Option("closed,retrieval,gold", help="Comma-separated: closed, retrieval, gold."),
+    split: str = typer.Option("test", help="qrels split whose questions are asked."),
+    limit: Optional[int] = typer.Option(None, help="Ask only the first N questions."),
+    explain_tokens: int = typer.Option(48, help="Tokens of free answer generated per question for the groundedness "
+                                                "judge (0: accuracy only)."),
+) -> None:
+    """QA accuracy with no retrieval, with retrieval and with gold passages, plus groundedness."""
+    from .config import PipelineConfig
+    from .evaluate_qa import evaluate_qa
+    from .pipeline import Pipeline
+
+    try:
+        config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
+        with err.status("loading models"):
+            pipeline = Pipeline.from_config(config)
+        res = evaluate_qa(data_dir, pipeline, split, _split(conditions), limit, explain_tokens, show_progress=True)
+    except (RagkitError, ValueError) as e:
+        _fail(e)
+    res = {"llm": pipeline.llm.model_id, "k": config.retrieval.k, "conditions": res}
+    t = Table(title=f"{data_dir.name} ({split}) · {pipeline.llm.model_id}")
+    for col in ["condition", "questions", "accuracy / F1", "groundedness", "seconds"]:
+        t.add_column(col)
+    for cond, m in res["conditions"].items():
+        score = m.get("accuracy", m.get("token_f1"))
+        t.add_row(cond, str(m["questions"]), f"{score:.4f}", f"{m['groundedness']:.4f}" if "groundedness" in m else "-",
+                  f"{m['seconds']:.0f}")
+    out.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=2) + "\n")
+        out.print(f"wrote {json_out}")
+
+
 @app.command("eval")
 def eval_(
     data_dir: Path = typer.Argument(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),

@@ -1,0 +1,176 @@
+"""QA evaluation on BEIR folders with `answers.jsonl` (e.g. PubMedQA: yes/no/maybe decisions).
+
+Three conditions: no retrieval (the LLM alone), with retrieval (the pipeline's index), and with the
+gold passages of the qrels. Yes/no/maybe questions are scored by the LLM's next-token preference
+among the label words (one forward pass, deterministic); free-text answers by exact match and token
+F1 (SQuAD normalisation). Groundedness, a cheap small-model judge: each generated answer sentence's
+best cosine similarity (packaged MiniLM) to the sources it cites (all sources when it cites none).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from .corpus import Document, load_beir_corpus, load_beir_qrels, load_beir_queries
+from .errors import CorpusError
+from .index import Hit, Index
+from .llm.base import GenerationConfig
+from .pipeline import Pipeline, parse_citations
+from .progress import progress_bar
+
+LABELS = ("yes", "no", "maybe")
+CONDITIONS = ("closed", "retrieval", "gold")
+LABEL_PROMPT = "{question}\n\nAnswer with one word: yes, no or maybe."
+
+
+def load_answers(data_dir: str | Path) -> dict[str, dict]:
+    path = Path(data_dir) / "answers.jsonl"
+    if not path.exists():
+        raise CorpusError("missing answers.jsonl (QA evaluation needs reference answers)", str(path))
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+                out[obj["_id"]] = obj
+            except (ValueError, KeyError) as e:
+                raise CorpusError(f"invalid answer line: {e}", str(path), n) from e
+    return out
+
+
+def normalize(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    p, r = normalize(prediction).split(), normalize(reference).split()
+    common = sum((Counter(p) & Counter(r)).values())
+    if not p or not r or common == 0:
+        return float(p == r)
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _label_token_ids(tokenizer) -> dict[str, list[int]]:
+    """First token of each label word, in the spellings a model may start its answer with."""
+    ids = {}
+    for label in LABELS:
+        variants = {label, label.capitalize(), " " + label, " " + label.capitalize()}
+        ids[label] = sorted({tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in variants})
+    return ids
+
+
+def classify(pipeline: Pipeline, question: str, hits: list[Hit] | None) -> str:
+    """The label whose words the LLM's next token prefers (log-sum-exp over spellings)."""
+    import torch
+
+    llm = pipeline.llm
+    prompt_q = LABEL_PROMPT.format(question=question)
+    if hits is None:
+        messages = [{"role": "user", "content": prompt_q}]
+    else:
+        messages, _, _ = pipeline.pack(prompt_q, hits, GenerationConfig(max_new_tokens=8))
+    logits = llm.next_token_logits(messages)
+    ids = _label_token_ids(llm.tokenizer)
+    scores = {lab: float(torch.logsumexp(logits[ids[lab]], 0)) for lab in LABELS}
+    return max(scores, key=scores.get)
+
+
+def groundedness(encoder, answer: str, passages: Sequence[str]) -> float | None:
+    """Mean over answer sentences of the best cosine similarity to any passage; None if nothing to judge."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", CITATION_STRIP.sub("", answer)) if len(s.strip()) > 3]
+    if not sentences or not passages:
+        return None
+    a = encoder.encode(sentences)
+    p = encoder.encode(list(passages))
+    return float((a @ p.T).max(axis=1).mean())
+
+
+CITATION_STRIP = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+
+
+def evaluate_qa(data_dir: str | Path, pipeline: Pipeline, split: str = "test", conditions: Sequence[str] = CONDITIONS,
+                limit: int | None = None, explain_tokens: int = 48, show_progress: bool | None = None) -> dict:
+    """Accuracy (labels) or EM/F1 (free text) per condition, and groundedness of generated answers.
+
+    The retrieval condition needs `pipeline.index`; when it is None an index of the folder's corpus
+    is built in memory with the pipeline's default settings.
+    """
+    data_dir = Path(data_dir)
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown:
+        raise ValueError(f"unknown conditions {unknown}; choose from {', '.join(CONDITIONS)}")
+    answers = load_answers(data_dir)
+    qrels = load_beir_qrels(data_dir, split)
+    queries = [(q, t) for q, t in load_beir_queries(data_dir).items() if q in qrels and q in answers]
+    if limit:
+        queries = queries[:limit]
+    if not queries:
+        raise CorpusError(f"no question has both qrels/{split}.tsv judgements and an answer", str(data_dir))
+    docs: dict[str, Document] = {d.id: d for d in load_beir_corpus(data_dir)}
+    if "retrieval" in conditions and pipeline.index is None:
+        pipeline.index = Index.build(list(docs.values()), show_progress=show_progress)
+    encoder = pipeline.index.encoder if pipeline.index is not None and pipeline.index.encoder is not None else None
+    if encoder is None:
+        from .models.encoder import SentenceEncoder
+
+        encoder = SentenceEncoder.from_pretrained("default")
+    k = pipeline.config.retrieval.k
+    labelled = all("final_decision" in answers[q] for q, _ in queries)
+    results: dict[str, dict] = {}
+    for cond in conditions:
+        correct, f1s, ems, grounded, t0 = 0, [], [], [], time.perf_counter()
+        predictions: Counter = Counter()
+        with progress_bar(f"QA ({cond})", len(queries), show_progress) as advance:
+            for qid, question in queries:
+                if cond == "closed":
+                    hits = None
+                elif cond == "retrieval":
+                    hits = pipeline.index.search(question, k=k, retriever=pipeline.config.retrieval.retriever)
+                else:
+                    hits = [_gold_hit(docs[d], n) for n, d in enumerate(qrels[qid], start=1) if d in docs]
+                ref = answers[qid]
+                if labelled:
+                    pred = classify(pipeline, question, hits)
+                    predictions[pred] += 1
+                    correct += pred == ref["final_decision"]
+                if not labelled or (explain_tokens and hits is not None):
+                    gen = GenerationConfig(max_new_tokens=explain_tokens if labelled else pipeline.config.generation.max_new_tokens)
+                    messages, sources, _ = (pipeline.pack(question, hits, gen) if hits is not None
+                                            else ([{"role": "user", "content": question}], [], []))
+                    text = pipeline.llm.generate(messages, gen).text
+                    if not labelled:
+                        refs = ref.get("answers") or [""]
+                        ems.append(max(float(normalize(text) == normalize(r)) for r in refs))
+                        f1s.append(max(token_f1(text, r) for r in refs))
+                    if sources:
+                        cited, _ = parse_citations(text, len(sources))
+                        used = [s.text for s in sources if s.n in cited] or [s.text for s in sources]
+                        g = groundedness(encoder, text, used)
+                        if g is not None:
+                            grounded.append(g)
+                advance(1)
+        n = len(queries)
+        res: dict = {"questions": n, "seconds": round(time.perf_counter() - t0, 1)}
+        if labelled:
+            res["accuracy"] = round(correct / n, 4)
+            res["predicted"] = dict(predictions)
+        else:
+            res["exact_match"] = round(sum(ems) / n, 4)
+            res["token_f1"] = round(sum(f1s) / n, 4)
+        if grounded:
+            res["groundedness"] = round(sum(grounded) / len(grounded), 4)
+        results[cond] = res
+    return results
+
+
+def _gold_hit(doc: Document, rank: int) -> Hit:
+    return Hit(rank, math.inf, f"{doc.id}#gold", doc.id, doc.title, doc.text, doc.source or doc.id, 0, len(doc.text))
