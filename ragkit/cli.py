@@ -213,23 +213,8 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print the whole answer (text, sources, citations) as JSON."),
 ) -> None:
     """Answer a question from an index with an LLM, streaming the answer, then its cited sources."""
-    from .config import PipelineConfig
-    from .pipeline import Pipeline
-
     try:
-        config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
-        if index_dir:
-            config.index = str(index_dir)
-        if k:
-            config.retrieval.k = k
-        if retriever:
-            config.retrieval.retriever = retriever
-        if llm:
-            config.llm.model = llm
-        if max_new_tokens:
-            config.generation.max_new_tokens = max_new_tokens
-        with err.status("loading index and model"):
-            pipeline = Pipeline.from_config(config)
+        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens)
         stream = pipeline.stream(question)
         for piece in stream:
             if not as_json:
@@ -240,6 +225,30 @@ def ask(
     if as_json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
         return
+    _print_sources(answer)
+
+
+def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens):
+    """A Pipeline from an optional YAML file plus command-line overrides."""
+    from .config import PipelineConfig
+    from .pipeline import Pipeline
+
+    config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
+    if index_dir:
+        config.index = str(index_dir)
+    if k:
+        config.retrieval.k = k
+    if retriever:
+        config.retrieval.retriever = retriever
+    if llm:
+        config.llm.model = llm
+    if max_new_tokens:
+        config.generation.max_new_tokens = max_new_tokens
+    with err.status("loading index and model"):
+        return Pipeline.from_config(config)
+
+
+def _print_sources(answer) -> None:
     out.print()
     cited = set(answer.citations)
     out.print(f"\n[bold]Sources[/] (cited: {', '.join(f'[{n}]' for n in answer.citations) or 'none'})")
@@ -251,6 +260,43 @@ def ask(
         out.print(f"  [yellow]left out for the context budget:[/] {', '.join(answer.dropped)}")
     if answer.unknown_citations:
         out.print(f"  [yellow]cited numbers with no source:[/] {answer.unknown_citations}")
+
+
+@app.command()
+def chat(
+    index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder (overrides the config's)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML file."),
+    k: Optional[int] = typer.Option(None, "-k", help="Sources to retrieve per question."),
+    retriever: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
+    llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder, or the endpoint's model."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer, in tokens."),
+) -> None:
+    """Interactive questions and answers; earlier turns stay in the conversation. Ctrl-D or 'exit' ends."""
+    try:
+        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens)
+    except (RagkitError, ValueError) as e:
+        _fail(e)
+    history: list[dict] = []
+    while True:
+        try:
+            question = input("\nyou> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            out.print()
+            return
+        if question.lower() in ("exit", "quit", ":q"):
+            return
+        if not question:
+            continue
+        try:
+            stream = pipeline.stream(question, history=history)
+            out.print("ragkit> ", end="")
+            for piece in stream:
+                out.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+        except (RagkitError, ValueError) as e:
+            err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            continue
+        _print_sources(stream.answer)
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": stream.answer.text}]
 
 
 @app.command("eval-qa")

@@ -105,9 +105,9 @@ class Pipeline:
         r = self.config.retrieval
         return self.index.search(question, k=r.k, retriever=r.retriever)
 
-    def _messages(self, question: str, sources_text: str) -> list[Message]:
+    def _messages(self, question: str, sources_text: str, history: list[Message] | None = None) -> list[Message]:
         p = self.config.prompt
-        return [{"role": "system", "content": p.system},
+        return [{"role": "system", "content": p.system}, *(history or []),
                 {"role": "user", "content": p.template.format(sources=sources_text, question=question)}]
 
     def _fit(self, text: str, max_tokens: int) -> str:
@@ -119,18 +119,23 @@ class Pipeline:
         offsets = enc["offset_mapping"]
         return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]] if max_tokens > 0 else ""
 
-    def pack(self, question: str, hits: list[Hit], gen: GenerationConfig | None = None
-             ) -> tuple[list[Message], list[Source], list[str]]:
+    def pack(self, question: str, hits: list[Hit], gen: GenerationConfig | None = None,
+             history: list[Message] | None = None) -> tuple[list[Message], list[Source], list[str]]:
         """Number the hits as sources, in rank order, within the context budget.
 
         Budget = context window − max new tokens − the prompt without sources. A source that does
         not fit whole is cut at a token boundary, or dropped when fewer than `min_source_tokens`
-        would remain; dropped chunk ids are returned.
+        would remain; dropped chunk ids are returned. `history` (earlier chat turns) counts against
+        the budget: its oldest turns are left out first when it does not fit.
         """
         gen = gen or self.config.generation
         p = self.config.prompt
         count = self.llm.count_tokens
-        overhead = count(self._render(self._messages(question, ""))) + 8  # template tokens, separators
+        history = list(history or [])
+        overhead = count(self._render(self._messages(question, "", history))) + 8  # template tokens, separators
+        while history and self.llm.context_window - gen.max_new_tokens - overhead < p.min_source_tokens * 4:
+            history = history[2:]  # forget the oldest question/answer pair
+            overhead = count(self._render(self._messages(question, "", history))) + 8
         budget = self.llm.context_window - gen.max_new_tokens - overhead
         if budget < 0:
             raise PromptTooLongError(
@@ -152,35 +157,38 @@ class Pipeline:
             blocks.append(block)
             sources.append(Source(n, hit.chunk_id, hit.doc_id, hit.title, hit.source, hit.start,
                                   hit.start + len(text), text, hit.score, truncated))
-        return self._messages(question, "\n\n".join(blocks)), sources, dropped
+        return self._messages(question, "\n\n".join(blocks), history), sources, dropped
 
     def _render(self, messages: list[Message]) -> str:
         render = getattr(self.llm, "render", None)
         return render(messages) if render else "\n\n".join(m["content"] for m in messages)
 
     # -- answering ------------------------------------------------------------------------------
-    def ask(self, question: str, gen: GenerationConfig | None = None) -> Answer:
-        stream = self.stream(question, gen)
+    def ask(self, question: str, gen: GenerationConfig | None = None, history: list[Message] | None = None) -> Answer:
+        stream = self.stream(question, gen, history)
         for _ in stream:
             pass
         return stream.answer
 
-    def stream(self, question: str, gen: GenerationConfig | None = None) -> "AnswerStream":
-        """Iterate text pieces as they are generated; `.answer` holds the Answer afterwards."""
-        return AnswerStream(self, question, gen or self.config.generation)
+    def stream(self, question: str, gen: GenerationConfig | None = None,
+               history: list[Message] | None = None) -> "AnswerStream":
+        """Iterate text pieces as they are generated; `.answer` holds the Answer afterwards.
+        `history` holds earlier turns as chat messages (user questions, assistant answers)."""
+        return AnswerStream(self, question, gen or self.config.generation, history)
 
 
 class AnswerStream:
     """Iterator over answer text pieces; the complete `Answer` is in `.answer` once exhausted."""
 
-    def __init__(self, pipeline: Pipeline, question: str, gen: GenerationConfig) -> None:
+    def __init__(self, pipeline: Pipeline, question: str, gen: GenerationConfig,
+                 history: list[Message] | None = None) -> None:
         if not question or not question.strip():
             raise ValueError("the question is empty")
         self.pipeline, self.question, self.gen = pipeline, question, gen
         t0 = time.perf_counter()
         self.hits = pipeline.retrieve(question)
         t1 = time.perf_counter()
-        self.messages, self.sources, self.dropped = pipeline.pack(question, self.hits, gen)
+        self.messages, self.sources, self.dropped = pipeline.pack(question, self.hits, gen, history)
         self.timings = {"retrieve_s": t1 - t0, "pack_s": time.perf_counter() - t1}
         self.answer: Answer | None = None
 

@@ -98,3 +98,15 @@ def test_cli_ask_streams_answer_and_sources(index, tmp_path):
     r = CliRunner().invoke(app, ["ask", "What does the assert statement do?", "--config", str(cfg)])
     assert r.exit_code == 0, r.output
     assert "Sources" in r.output and "[1] assert" in r.output and "topic:assert#0" in r.output
+
+
+def test_chat_history_is_in_the_prompt_and_the_cli_keeps_it(index, llm, tmp_path):
+    pipe = Pipeline(index, llm, PipelineConfig(generation=SHORT))
+    history = [{"role": "user", "content": "Tell me about assert."}, {"role": "assistant", "content": "It checks a condition."}]
+    messages, _, _ = pipe.pack("When is it disabled?", index.search("assert disabled", 2), SHORT, history)
+    assert messages[1:3] == history and messages[-1]["content"].endswith("Question: When is it disabled?")
+    index.save(tmp_path / "idx")
+    r = CliRunner().invoke(app, ["chat", "-i", str(tmp_path / "idx"), "-k", "1", "--max-new-tokens", "8"],
+                           input="What does assert do?\nAnd raise?\nexit\n")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("ragkit> ") == 2 and r.output.count("Sources") == 2
