@@ -26,11 +26,10 @@ def require_datasets() -> Path:
 
 def load_set(name: str):
     """(documents, judged query texts) of a shared BEIR set."""
-    from ragkit.corpus import load_beir_corpus, load_beir_qrels, load_beir_queries
+    from ragkit.corpus import load_beir_corpus, load_beir_judged
 
     data = require_datasets() / name
-    qrels = load_beir_qrels(data)
-    return load_beir_corpus(data), [t for q, t in load_beir_queries(data).items() if q in qrels]
+    return load_beir_corpus(data), list(load_beir_judged(data)[0].values())
 
 
 def read_baselines(path: Path) -> dict[tuple[str, str], dict[str, float]]:

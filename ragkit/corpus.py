@@ -147,6 +147,15 @@ def load_beir_qrels(data_dir: str | Path, split: str = "test") -> dict[str, dict
     return qrels
 
 
+def load_beir_judged(data_dir: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """(queries that have judgements in `qrels/<split>.tsv`, those qrels); no judged query is an error."""
+    qrels = load_beir_qrels(data_dir, split)
+    queries = {q: t for q, t in load_beir_queries(data_dir).items() if q in qrels}
+    if not queries:
+        raise CorpusError(f"no query of queries.jsonl has judgements in qrels/{split}.tsv", str(data_dir))
+    return queries, qrels
+
+
 class _HTMLText(HTMLParser):
     """HTML to plain text: drops script/style, keeps block structure as newlines, reads <title>."""
 

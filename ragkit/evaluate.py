@@ -15,8 +15,7 @@ from typing import Sequence
 import ir_measures
 from ir_measures import RR, R, nDCG
 
-from .corpus import load_beir_corpus, load_beir_qrels, load_beir_queries
-from .errors import CorpusError
+from .corpus import load_beir_corpus, load_beir_judged
 from .index import Index, IndexConfig
 from .progress import progress_bar
 from .retrieve.base import Ranking
@@ -51,11 +50,8 @@ def evaluate_beir(data_dir: str | Path, retrievers: Sequence[str] = EVAL_RETRIEV
     unknown = [r for r in retrievers if r not in EVAL_RETRIEVERS]
     if unknown:
         raise ValueError(f"unknown retrievers {unknown}; choose from {', '.join(EVAL_RETRIEVERS)}")
+    queries, qrels = load_beir_judged(data_dir, split)
     docs = load_beir_corpus(data_dir)
-    qrels = load_beir_qrels(data_dir, split)
-    queries = {q: t for q, t in load_beir_queries(data_dir).items() if q in qrels}
-    if not queries:
-        raise CorpusError(f"no query of queries.jsonl has judgements in qrels/{split}.tsv", str(data_dir))
 
     needed = sorted({m for name in retrievers for m in MEMBERS[name]})
     config = replace(config or IndexConfig(), retrievers=needed)

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from .corpus import Document, load_beir_corpus, load_beir_qrels, load_beir_queries
+from .corpus import Document, load_beir_corpus, load_beir_judged
 from .errors import CorpusError
 from .index import Hit, Index
 from .llm.base import GenerationConfig
@@ -109,8 +109,8 @@ def evaluate_qa(data_dir: str | Path, pipeline: Pipeline, split: str = "test", c
     if unknown:
         raise ValueError(f"unknown conditions {unknown}; choose from {', '.join(CONDITIONS)}")
     answers = load_answers(data_dir)
-    qrels = load_beir_qrels(data_dir, split)
-    queries = [(q, t) for q, t in load_beir_queries(data_dir).items() if q in qrels and q in answers]
+    judged, qrels = load_beir_judged(data_dir, split)
+    queries = [(q, t) for q, t in judged.items() if q in answers]
     if limit:
         queries = queries[:limit]
     if not queries:

@@ -51,7 +51,7 @@ def test_evaluate_qa_three_conditions(folder, encoder):
     pipe.config.retrieval.k = 1
     res = evaluate_qa(folder, pipe, explain_tokens=8)
     assert set(res) == {"closed", "retrieval", "gold"}
-    for cond, m in res.items():
+    for m in res.values():
         assert m["questions"] == 3 and 0.0 <= m["accuracy"] <= 1.0 and sum(m["predicted"].values()) == 3
     assert "groundedness" not in res["closed"] and -1 <= res["gold"]["groundedness"] <= 1  # a mean cosine
     assert pipe.index is not None and pipe.index.search("aspirin heart attack", 1)[0].doc_id == "1"

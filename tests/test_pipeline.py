@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from ragkit import Document, Index
+from ragkit import Index
 from ragkit.cli import app
 from ragkit.config import ConfigError, PipelineConfig
 from ragkit.llm import GenerationConfig, HFCausalLM
