@@ -21,7 +21,7 @@ from .corpus import Document, load_beir_corpus, load_beir_judged
 from .errors import CorpusError
 from .index import Hit, Index
 from .llm.base import GenerationConfig
-from .pipeline import Pipeline, parse_citations
+from .pipeline import CITATION, Pipeline, parse_citations
 from .progress import progress_bar
 
 LABELS = ("yes", "no", "maybe")
@@ -68,8 +68,10 @@ def _label_token_ids(tokenizer) -> dict[str, list[int]]:
     return ids
 
 
-def classify(pipeline: Pipeline, question: str, hits: list[Hit] | None) -> str:
-    """The label whose words the LLM's next token prefers (log-sum-exp over spellings)."""
+def classify(pipeline: Pipeline, question: str, hits: list[Hit] | None,
+             label_ids: dict[str, list[int]] | None = None) -> str:
+    """The label whose words the LLM's next token prefers (log-sum-exp over spellings);
+    `label_ids` from `_label_token_ids`, computed here when not given."""
     import torch
 
     llm = pipeline.llm
@@ -79,22 +81,20 @@ def classify(pipeline: Pipeline, question: str, hits: list[Hit] | None) -> str:
     else:
         messages, _, _ = pipeline.pack(prompt_q, hits, GenerationConfig(max_new_tokens=8))
     logits = llm.next_token_logits(messages)
-    ids = _label_token_ids(llm.tokenizer)
+    ids = label_ids or _label_token_ids(llm.tokenizer)
     scores = {lab: float(torch.logsumexp(logits[ids[lab]], 0)) for lab in LABELS}
     return max(scores, key=scores.get)
 
 
 def groundedness(encoder, answer: str, passages: Sequence[str]) -> float | None:
     """Mean over answer sentences of the best cosine similarity to any passage; None if nothing to judge."""
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", CITATION_STRIP.sub("", answer)) if len(s.strip()) > 3]
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", CITATION.sub("", answer)) if len(s.strip()) > 3]
     if not sentences or not passages:
         return None
     a = encoder.encode(sentences)
     p = encoder.encode(list(passages))
     return float((a @ p.T).max(axis=1).mean())
 
-
-CITATION_STRIP = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 
 
 def evaluate_qa(data_dir: str | Path, pipeline: Pipeline, split: str = "test", conditions: Sequence[str] = CONDITIONS,
@@ -125,6 +125,7 @@ def evaluate_qa(data_dir: str | Path, pipeline: Pipeline, split: str = "test", c
         encoder = SentenceEncoder.from_pretrained("default")
     k = pipeline.config.retrieval.k
     labelled = all("final_decision" in answers[q] for q, _ in queries)
+    label_ids = _label_token_ids(pipeline.llm.tokenizer) if labelled else None  # once, not per question
     results: dict[str, dict] = {}
     for cond in conditions:
         correct, f1s, ems, grounded, t0 = 0, [], [], [], time.perf_counter()
@@ -139,7 +140,7 @@ def evaluate_qa(data_dir: str | Path, pipeline: Pipeline, split: str = "test", c
                     hits = [_gold_hit(docs[d], n) for n, d in enumerate(qrels[qid], start=1) if d in docs]
                 ref = answers[qid]
                 if labelled:
-                    pred = classify(pipeline, question, hits)
+                    pred = classify(pipeline, question, hits, label_ids)
                     predictions[pred] += 1
                     correct += pred == ref["final_decision"]
                 if not labelled or (explain_tokens and hits is not None):

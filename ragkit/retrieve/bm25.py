@@ -274,8 +274,6 @@ class BM25Retriever(Retriever):
         return r
 
 
-
-
 def _read_token_lists(path: Path) -> list[np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         flat, lengths = z["flat"], z["lengths"]
