@@ -373,3 +373,28 @@ def eval_(
 
 if __name__ == "__main__":  # pragma: no cover
     app(sys.argv[1:])
+
+
+@app.command()
+def serve(
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML (index, LLM, retrieval, server)."),
+    index_dir: Optional[Path] = typer.Option(None, "--index", help="Index folder (overrides the config's)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; loopback by default."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models,
+    /v1/retrieve, /healthz. Set the variable named by server.api_key_env (RAGKIT_API_KEY) to require a key."""
+    from .config import PipelineConfig
+
+    try:
+        from .server import serve as run_server
+
+        config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
+        if index_dir:
+            config.index = str(index_dir)
+        if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(config.server.api_key_env or ""):
+            err.print(f"[yellow]warning:[/] serving on {host} without an API key (set {config.server.api_key_env})")
+        run_server(config, host, port, log_level)
+    except (RagkitError, ImportError) as e:
+        _fail(e)

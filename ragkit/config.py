@@ -5,6 +5,7 @@
     llm: {backend: hf, model: default, threads: 1}        # or backend: openai, base_url: ..., model: ...
     generation: {max_new_tokens: 256, temperature: 0.0}
     prompt: {system: "...", template: "..."}
+    server: {api_key_env: RAGKIT_API_KEY, max_tokens: 1024}   # ragkit serve
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class ConfigError(RagkitError):
 class RetrievalConfig:
     retriever: str | None = None  # bm25, dense, hybrid; None: the index's default
     k: int = 5
+    rerank: str | None = None     # None, "maxsim" or "maxsim:MODEL" (see ragkit.rerank)
+    rerank_candidates: int = 30   # hits the reranker reorders before the top k are kept
 
 
 @dataclass
@@ -39,7 +42,8 @@ class LLMConfig:
     backend: str = "hf"           # hf (local transformers) or openai (an OpenAI-compatible endpoint)
     model: str = "default"
     dtype: str = "float32"
-    threads: int | None = 1
+    threads: int | None = 1       # torch threads while decoding (one: see ragkit.llm.hf)
+    prefill_threads: int | None = 2  # torch threads for the prompt's forward pass
     base_url: str = ""
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 60.0
@@ -56,12 +60,24 @@ class PromptConfig:
 
 
 @dataclass
+class ServerConfig:
+    """`ragkit serve` settings (the host and port come from the command line)."""
+
+    api_key_env: str = "RAGKIT_API_KEY"  # when this variable is set, requests need "Authorization: Bearer <key>"
+    max_request_bytes: int = 1_000_000   # larger request bodies get HTTP 413
+    max_tokens: int = 1024               # largest max_tokens a request may ask for
+    max_embedding_inputs: int = 256      # texts per /v1/embeddings request
+    model_name: str | None = None        # the model name clients use; default: the LLM's id
+
+
+@dataclass
 class PipelineConfig:
     index: str | None = None
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> "PipelineConfig":

@@ -123,7 +123,6 @@ def evaluate_qa(data_dir: str | Path, pipeline: Pipeline, split: str = "test", c
         from .models.encoder import SentenceEncoder
 
         encoder = SentenceEncoder.from_pretrained("default")
-    k = pipeline.config.retrieval.k
     labelled = all("final_decision" in answers[q] for q, _ in queries)
     label_ids = _label_token_ids(pipeline.llm.tokenizer) if labelled else None  # once, not per question
     results: dict[str, dict] = {}
@@ -135,7 +134,7 @@ def evaluate_qa(data_dir: str | Path, pipeline: Pipeline, split: str = "test", c
                 if cond == "closed":
                     hits = None
                 elif cond == "retrieval":
-                    hits = pipeline.index.search(question, k=k, retriever=pipeline.config.retrieval.retriever)
+                    hits = pipeline.retrieve(question)
                 else:
                     hits = [_gold_hit(docs[d], n) for n, d in enumerate(qrels[qid], start=1) if d in docs]
                 ref = answers[qid]

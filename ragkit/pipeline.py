@@ -72,7 +72,8 @@ def load_llm(config: LLMConfig) -> LLM:
     if config.backend == "hf":
         from .llm.hf import HFCausalLM
 
-        llm = HFCausalLM.from_pretrained(config.model, dtype=config.dtype, threads=config.threads)
+        llm = HFCausalLM.from_pretrained(config.model, dtype=config.dtype, threads=config.threads,
+                                         prefill_threads=config.prefill_threads)
     elif config.backend == "openai":
         from .llm.openai_compat import OpenAICompatLLM
 
@@ -86,28 +87,49 @@ def load_llm(config: LLMConfig) -> LLM:
     return llm
 
 
+def load_reranker(name: str | None):
+    """None, or a reranker: "maxsim" (late interaction over the packaged MiniLM's token embeddings)
+    or "maxsim:MODEL" (any sentence-transformers model, hub id or local folder)."""
+    if not name:
+        return None
+    kind, _, model = name.partition(":")
+    if kind == "maxsim":
+        from .rerank import MaxSimReranker
+
+        return MaxSimReranker(model or "default")
+    raise RagkitError(f"unknown retrieval.rerank {name!r}; choose maxsim or maxsim:MODEL")
+
+
 class Pipeline:
     """Retrieval-augmented generation over a ragkit index with any LLM backend."""
 
-    def __init__(self, index: Index | None, llm: LLM, config: PipelineConfig | None = None) -> None:
+    def __init__(self, index: Index | None, llm: LLM, config: PipelineConfig | None = None, reranker=None) -> None:
         self.index, self.llm = index, llm
         self.config = config or PipelineConfig()
+        self.reranker = reranker  # anything with rerank(query, hits, k): see ragkit.rerank
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "Pipeline":
         index = Index.load(config.index) if config.index else None
-        return cls(index, load_llm(config.llm), config)
+        return cls(index, load_llm(config.llm), config, load_reranker(config.retrieval.rerank))
 
     # -- steps ----------------------------------------------------------------------------------
-    def retrieve(self, question: str) -> list[Hit]:
+    def retrieve(self, question: str, k: int | None = None, retriever: str | None = None) -> list[Hit]:
+        """The top `k` hits (config's k by default); with a reranker, it reorders a wider candidate set."""
         if self.index is None:
             return []
         r = self.config.retrieval
-        return self.index.search(question, k=r.k, retriever=r.retriever)
+        k = k or r.k
+        if self.reranker is None:
+            return self.index.search(question, k=k, retriever=retriever or r.retriever)
+        candidates = self.index.search(question, k=max(k, r.rerank_candidates), retriever=retriever or r.retriever)
+        return self.reranker.rerank(question, candidates, k)
 
-    def _messages(self, question: str, sources_text: str, history: list[Message] | None = None) -> list[Message]:
+    def _messages(self, question: str, sources_text: str, history: list[Message] | None = None,
+                  system: str | None = None) -> list[Message]:
         p = self.config.prompt
-        return [{"role": "system", "content": p.system}, *(history or []),
+        system = p.system if not system else f"{p.system}\n\n{system}"
+        return [{"role": "system", "content": system}, *(history or []),
                 {"role": "user", "content": p.template.format(sources=sources_text, question=question)}]
 
     def _fit(self, text: str, max_tokens: int) -> str:
@@ -120,22 +142,24 @@ class Pipeline:
         return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]] if max_tokens > 0 else ""
 
     def pack(self, question: str, hits: list[Hit], gen: GenerationConfig | None = None,
-             history: list[Message] | None = None) -> tuple[list[Message], list[Source], list[str]]:
+             history: list[Message] | None = None, system: str | None = None
+             ) -> tuple[list[Message], list[Source], list[str]]:
         """Number the hits as sources, in rank order, within the context budget.
 
         Budget = context window − max new tokens − the prompt without sources. A source that does
         not fit whole is cut at a token boundary, or dropped when fewer than `min_source_tokens`
         would remain; dropped chunk ids are returned. `history` (earlier chat turns) counts against
-        the budget: its oldest turns are left out first when it does not fit.
+        the budget: its oldest turns are left out first when it does not fit. `system` is added to
+        the configured system prompt.
         """
         gen = gen or self.config.generation
         p = self.config.prompt
         count = self.llm.count_tokens
         history = list(history or [])
-        overhead = count(self._render(self._messages(question, "", history))) + 8  # template tokens, separators
+        overhead = count(self._render(self._messages(question, "", history, system))) + 8  # template tokens, separators
         while history and self.llm.context_window - gen.max_new_tokens - overhead < p.min_source_tokens * 4:
             history = history[2:]  # forget the oldest question/answer pair
-            overhead = count(self._render(self._messages(question, "", history))) + 8
+            overhead = count(self._render(self._messages(question, "", history, system))) + 8
         budget = self.llm.context_window - gen.max_new_tokens - overhead
         if budget < 0:
             raise PromptTooLongError(
@@ -157,38 +181,43 @@ class Pipeline:
             blocks.append(block)
             sources.append(Source(n, hit.chunk_id, hit.doc_id, hit.title, hit.source, hit.start,
                                   hit.start + len(text), text, hit.score, truncated))
-        return self._messages(question, "\n\n".join(blocks), history), sources, dropped
+        return self._messages(question, "\n\n".join(blocks), history, system), sources, dropped
 
     def _render(self, messages: list[Message]) -> str:
         render = getattr(self.llm, "render", None)
         return render(messages) if render else "\n\n".join(m["content"] for m in messages)
 
     # -- answering ------------------------------------------------------------------------------
-    def ask(self, question: str, gen: GenerationConfig | None = None, history: list[Message] | None = None) -> Answer:
-        stream = self.stream(question, gen, history)
+    def ask(self, question: str, gen: GenerationConfig | None = None, history: list[Message] | None = None,
+            **options) -> Answer:
+        """The whole answer; `options` as for `stream` (k, retriever, system)."""
+        stream = self.stream(question, gen, history, **options)
         for _ in stream:
             pass
         return stream.answer
 
-    def stream(self, question: str, gen: GenerationConfig | None = None,
-               history: list[Message] | None = None) -> "AnswerStream":
+    def stream(self, question: str, gen: GenerationConfig | None = None, history: list[Message] | None = None,
+               k: int | None = None, retriever: str | None = None, system: str | None = None) -> "AnswerStream":
         """Iterate text pieces as they are generated; `.answer` holds the Answer afterwards.
-        `history` holds earlier turns as chat messages (user questions, assistant answers)."""
-        return AnswerStream(self, question, gen or self.config.generation, history)
+        `history` holds earlier turns as chat messages (user questions, assistant answers); `k` and
+        `retriever` override the configured retrieval for this question; `system` is added to the
+        configured system prompt."""
+        return AnswerStream(self, question, gen or self.config.generation, history, k, retriever, system)
 
 
 class AnswerStream:
     """Iterator over answer text pieces; the complete `Answer` is in `.answer` once exhausted."""
 
     def __init__(self, pipeline: Pipeline, question: str, gen: GenerationConfig,
-                 history: list[Message] | None = None) -> None:
+                 history: list[Message] | None = None, k: int | None = None, retriever: str | None = None,
+                 system: str | None = None) -> None:
         if not question or not question.strip():
             raise ValueError("the question is empty")
         self.pipeline, self.question, self.gen = pipeline, question, gen
         t0 = time.perf_counter()
-        self.hits = pipeline.retrieve(question)
+        self.hits = pipeline.retrieve(question, k, retriever)
         t1 = time.perf_counter()
-        self.messages, self.sources, self.dropped = pipeline.pack(question, self.hits, gen, history)
+        self.messages, self.sources, self.dropped = pipeline.pack(question, self.hits, gen, history, system)
         self.timings = {"retrieve_s": t1 - t0, "pack_s": time.perf_counter() - t1}
         self.answer: Answer | None = None
 

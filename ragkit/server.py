@@ -1,0 +1,471 @@
+"""`ragkit serve`: an OpenAI-compatible HTTP server over a ragkit pipeline (FastAPI + uvicorn).
+
+Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (OpenAI shapes, `stream: true` as
+server-sent events, usage counts), `POST /v1/embeddings` (the index's dense encoder),
+`GET /v1/models`, `POST /v1/retrieve` (ragkit search), `GET /healthz`.
+
+Retrieval comes from the pipeline config and is on whenever the config names an index. A request
+overrides it with an extension field, `"ragkit": {"retrieval": false, "k": 3, "retriever": "bm25"}`
+(with the official client: `extra_body={"ragkit": {...}}`). Answers carry `[n]` citations in their
+text and the numbered sources in the response's `ragkit` field (in the last chunk when streaming).
+
+Concurrency: one model instance serves every request. Generation is serialised (the backend holds
+a lock while it decodes, so streams never mix); retrieval, embeddings and request parsing run
+concurrently in the worker thread pool. Security: binds to loopback unless told otherwise; when
+the config's `server.api_key_env` variable is set, every `/v1` request needs
+`Authorization: Bearer <key>` (compared in constant time); request bodies and `max_tokens` are
+capped; errors have OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import threading
+import time
+import uuid
+from typing import Any, Iterator, Literal, Optional, Union
+
+from .config import PipelineConfig
+from .errors import RagkitError
+from .llm.base import GenerationConfig, Message
+from .pipeline import Pipeline, PromptTooLongError, parse_citations
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as e:  # pragma: no cover - depends on the installed extras
+    raise ImportError("ragkit serve needs FastAPI and uvicorn: pip install 'ragkit[server]'") from e
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}}, status_code=self.status)
+
+
+# -- request models (unknown fields are ignored, as OpenAI's own server does) -----------------------
+class RagkitOptions(BaseModel):
+    """The `ragkit` extension field of a request."""
+
+    model_config = ConfigDict(extra="forbid")
+    retrieval: Optional[bool] = None
+    k: Optional[int] = Field(None, ge=1, le=100)
+    retriever: Optional[str] = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[dict[str, Any]], None] = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class _Sampling(BaseModel):
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    stream_options: Optional[dict[str, Any]] = None
+    ragkit: Optional[RagkitOptions] = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+
+
+class EmbeddingRequest(BaseModel):
+    model: str
+    input: Union[str, list[str]]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class RetrieveRequest(BaseModel):
+    query: str = Field(..., min_length=1)
+    k: int = Field(10, ge=1, le=100)
+    retriever: Optional[str] = None
+
+
+# -- the app ----------------------------------------------------------------------------------------
+class _BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413, whether it declares its length
+    or arrives chunked (it is read, up to the limit, before the app sees it)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        too_big = APIError(413, f"request body larger than {self.limit} bytes", code="request_too_large").response()
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await too_big(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await too_big(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+class RagkitServer:
+    """The state behind the app: one pipeline (index, LLM, reranker) and one encoder, shared."""
+
+    def __init__(self, pipeline: Pipeline, config: PipelineConfig | None = None) -> None:
+        self.pipeline = pipeline
+        self.config = config or pipeline.config
+        self.model_name = self.config.server.model_name or pipeline.llm.model_id
+        self._encoder = pipeline.index.encoder if pipeline.index is not None else None
+        self._encoder_lock = threading.Lock()
+        key_env = self.config.server.api_key_env
+        self.api_key = os.environ.get(key_env, "") if key_env else ""
+
+    @property
+    def encoder(self):
+        with self._encoder_lock:
+            if self._encoder is None:
+                from .models.encoder import SentenceEncoder
+
+                self._encoder = SentenceEncoder.from_pretrained("default")
+            return self._encoder
+
+    @property
+    def embedding_model(self) -> str:
+        if self.pipeline.index is not None and self.pipeline.index.encoder is not None:
+            return self.pipeline.index.encoder.model_id
+        from .models.encoder import DEFAULT_ENCODER
+
+        return DEFAULT_ENCODER
+
+    # -- checks --------------------------------------------------------------------------------
+    def check_key(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                           "authentication_error", code="invalid_api_key")
+
+    def check_model(self, name: str, kind: str = "chat") -> None:
+        allowed = {self.model_name, self.pipeline.llm.model_id, "ragkit"} if kind == "chat" else \
+            {self.embedding_model, self.embedding_model.split("/")[-1], "ragkit-embed"}
+        if name not in allowed:
+            raise APIError(404, f"the model {name!r} does not exist here; this server has {sorted(allowed)}",
+                           param="model", code="model_not_found")
+
+    def generation(self, req: _Sampling) -> GenerationConfig:
+        limit = self.config.server.max_tokens
+        wanted = req.max_completion_tokens or req.max_tokens or min(self.config.generation.max_new_tokens, limit)
+        if wanted > limit:
+            raise APIError(400, f"max_tokens is {wanted}, more than this server allows ({limit})", param="max_tokens")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > 4:
+            raise APIError(400, "at most 4 stop sequences", param="stop")
+        return GenerationConfig(max_new_tokens=wanted, temperature=req.temperature, top_p=req.top_p, stop=stop,
+                                seed=req.seed)
+
+    def _retrieval(self, opts: RagkitOptions | None) -> tuple[bool, int | None, str | None]:
+        opts = opts or RagkitOptions()
+        on = self.pipeline.index is not None if opts.retrieval is None else opts.retrieval
+        if on and self.pipeline.index is None:
+            raise APIError(400, "retrieval was asked for but the server's config names no index", param="ragkit.retrieval")
+        if opts.retriever and self.pipeline.index is not None and opts.retriever not in self.pipeline.index.retriever_names:
+            raise APIError(400, f"unknown retriever {opts.retriever!r}; this index has "
+                                f"{', '.join(self.pipeline.index.retriever_names)}", param="ragkit.retriever")
+        return on, opts.k, opts.retriever
+
+    # -- answering -----------------------------------------------------------------------------
+    def answer(self, messages: list[Message], gen: GenerationConfig, opts: RagkitOptions | None) -> "_Run":
+        """Start an answer: retrieval now (in the caller's thread), generation when iterated."""
+        retrieval, k, retriever = self._retrieval(opts)
+        llm = self.pipeline.llm
+        if not retrieval:
+            return _Run(llm.stream(messages, gen), lambda text: None,
+                        lambda: _count(llm, messages), llm)
+        system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer")) or None
+        turns = [m for m in messages if m["role"] in ("user", "assistant")]
+        if not turns or turns[-1]["role"] != "user":
+            raise APIError(400, "the last message must be the user's question", param="messages")
+        question, history = turns[-1]["content"], turns[:-1]
+        try:
+            stream = self.pipeline.stream(question, gen, history, k=k, retriever=retriever, system=system)
+        except PromptTooLongError as e:
+            raise APIError(400, str(e), param="messages", code="context_length_exceeded") from e
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from e
+
+        def extension(text: str) -> dict:
+            citations, unknown = parse_citations(text, len(stream.sources))
+            return {"sources": [_source(s, s.n in citations) for s in stream.sources], "citations": citations,
+                    "unknown_citations": unknown, "dropped": stream.dropped,
+                    "retrieve_ms": round(stream.timings["retrieve_s"] * 1000, 2)}
+        return _Run(iter(stream), extension, lambda: _count(llm, stream.messages), llm)
+
+
+class _Run:
+    """A started answer: its text pieces, then its ragkit extension and usage."""
+
+    def __init__(self, pieces: Iterator[str], extension, prompt_tokens, llm) -> None:
+        self.pieces, self._extension, self._prompt_tokens, self.llm = pieces, extension, prompt_tokens, llm
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self.pieces:
+            self.text += piece
+            yield piece
+
+    def finish(self, max_new_tokens: int) -> tuple[str, dict, dict | None]:
+        completion = self.llm.count_tokens(self.text) if self.text else 0
+        prompt = self._prompt_tokens()
+        reason = "length" if completion >= max_new_tokens else "stop"
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return reason, usage, self._extension(self.text)
+
+    def close(self) -> None:
+        close = getattr(self.pieces, "close", None)
+        if close:
+            close()
+
+
+def _count(llm, messages) -> int:
+    render = getattr(llm, "render", None)
+    return llm.count_tokens(render(messages) if render else "\n\n".join(m["content"] for m in messages))
+
+
+def _source(s, cited: bool) -> dict:
+    return {"n": s.n, "chunk_id": s.chunk_id, "doc_id": s.doc_id, "title": s.title, "source": s.source,
+            "start": s.start, "end": s.end, "score": s.score, "truncated": s.truncated, "cited": cited, "text": s.text}
+
+
+def _vector(v, encoding: str):
+    """A float list, or base64 of little-endian float32 (what the official client asks for)."""
+    if encoding == "base64":
+        import base64
+
+        import numpy as np
+
+        return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+    return [float(x) for x in v]
+
+
+def _sse(obj) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> FastAPI:
+    """The FastAPI app over one shared pipeline."""
+    import ragkit
+
+    state = RagkitServer(pipeline, config)
+    app = FastAPI(title="ragkit", version=ragkit.__version__,
+                  description="OpenAI-compatible endpoints with ragkit retrieval and citations.")
+    app.state.ragkit = state
+    app.add_middleware(_BodyLimit, limit=state.config.server.max_request_bytes)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(x) for x in first.get("loc", []) if x != "body"]
+        if first.get("type") == "json_invalid":
+            return APIError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(),
+                            code="invalid_json").response()
+        msg = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []) if x != 'body') or 'body'}: {e.get('msg')}"
+                        for e in errors[:5])
+        return APIError(400, f"invalid request: {msg}", param=".".join(loc) or None).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return APIError(exc.status_code, str(exc.detail), code=code).response()
+
+    @app.exception_handler(RagkitError)
+    async def _ragkit_error(request: Request, exc: RagkitError):
+        return APIError(400, str(exc)).response()
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").response()
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        index = state.pipeline.index
+        return {"status": "ok", "model": state.model_name,
+                "index": None if index is None else {**index.manifest()["counts"],
+                                                     "retrievers": index.retriever_names}}
+
+    @app.get("/v1/models")
+    def models(request: Request) -> dict:
+        state.check_key(request)
+        return {"object": "list", "data": [
+            {"id": state.model_name, "object": "model", "created": 0, "owned_by": "ragkit"},
+            {"id": state.embedding_model, "object": "model", "created": 0, "owned_by": "ragkit"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat_completions(req: ChatRequest, request: Request):
+        state.check_key(request)
+        state.check_model(req.model)
+        gen = state.generation(req)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages if m.role != "tool"]
+        run = state.answer(messages, gen, req.ragkit)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        base = {"id": rid, "created": created, "model": state.model_name}
+        if not req.stream:
+            text = "".join(run)
+            reason, usage, ext = run.finish(gen.max_new_tokens)
+            body = {**base, "object": "chat.completion", "usage": usage,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": reason, "logprobs": None}]}
+            return {**body, "ragkit": ext} if ext is not None else body
+
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+
+        def events() -> Iterator[bytes]:
+            chunk = {**base, "object": "chat.completion.chunk"}
+            try:
+                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                  "finish_reason": None}]})
+                for piece in run:
+                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                reason, usage, ext = run.finish(gen.max_new_tokens)
+                last = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+                if ext is not None:
+                    last["ragkit"] = ext
+                yield _sse(last)
+                if include_usage:
+                    yield _sse({**chunk, "choices": [], "usage": usage})
+            except Exception as e:  # noqa: BLE001 - the status line is sent: report in the stream
+                yield _sse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error",
+                                      "param": None, "code": None}})
+            finally:
+                run.close()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/completions")
+    def completions(req: CompletionRequest, request: Request):
+        state.check_key(request)
+        state.check_model(req.model)
+        gen = state.generation(req)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if len(prompts) != 1 or not prompts[0].strip():
+            raise APIError(400, "prompt must be one non-empty string", param="prompt")
+        retrieval, _, _ = state._retrieval(req.ragkit)
+        if retrieval:  # the prompt is a question: retrieval and citations as for chat
+            run = state.answer([{"role": "user", "content": prompts[0]}], gen, req.ragkit)
+        else:  # raw continuation of the prompt text
+            llm = state.pipeline.llm
+            run = _Run(llm.stream(prompts[0], gen), lambda text: None, lambda: llm.count_tokens(prompts[0]), llm)
+        rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        base = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name}
+        if not req.stream:
+            text = "".join(run)
+            reason, usage, ext = run.finish(gen.max_new_tokens)
+            body = {**base, "usage": usage,
+                    "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}]}
+            return {**body, "ragkit": ext} if ext is not None else body
+
+        def events() -> Iterator[bytes]:
+            try:
+                for piece in run:
+                    yield _sse({**base, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]})
+                reason, usage, ext = run.finish(gen.max_new_tokens)
+                last = {**base, "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}],
+                        "usage": usage}
+                if ext is not None:
+                    last["ragkit"] = ext
+                yield _sse(last)
+            except Exception as e:  # noqa: BLE001
+                yield _sse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error",
+                                      "param": None, "code": None}})
+            finally:
+                run.close()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/embeddings")
+    def embeddings(req: EmbeddingRequest, request: Request) -> dict:
+        state.check_key(request)
+        state.check_model(req.model, "embedding")
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        limit = state.config.server.max_embedding_inputs
+        if not texts or len(texts) > limit:
+            raise APIError(400, f"input must hold 1 to {limit} texts", param="input")
+        if any(not t for t in texts):
+            raise APIError(400, "input texts must not be empty", param="input")
+        encoder = state.encoder
+        vectors = encoder.encode(texts)
+        tok = getattr(encoder.model, "tokenizer", None)
+        tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts) if tok else 0
+        return {"object": "list", "model": state.embedding_model,
+                "data": [{"object": "embedding", "index": i, "embedding": _vector(v, req.encoding_format)}
+                         for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @app.post("/v1/retrieve")
+    def retrieve(req: RetrieveRequest, request: Request) -> dict:
+        state.check_key(request)
+        index = state.pipeline.index
+        if index is None:
+            raise APIError(400, "this server's config names no index", code="no_index")
+        if req.retriever and req.retriever not in index.retriever_names:
+            raise APIError(400, f"unknown retriever {req.retriever!r}; this index has {', '.join(index.retriever_names)}",
+                           param="retriever")
+        t0 = time.perf_counter()
+        hits = index.search(req.query, k=req.k, retriever=req.retriever)
+        return {"object": "list", "retriever": req.retriever or index.default_retriever,
+                "data": [h.to_dict() for h in hits], "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    return app
+
+
+def serve(config: PipelineConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Load the pipeline once and serve it until interrupted."""
+    import uvicorn
+
+    app = create_app(Pipeline.from_config(config), config)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

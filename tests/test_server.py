@@ -1,0 +1,231 @@
+"""`ragkit serve`: the real server on a free loopback port, called with the official `openai` client
+and plain HTTP; the packaged SmolLM2 and MiniLM answer (short greedy generations)."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from ragkit import Index  # noqa: E402
+from ragkit.config import PipelineConfig, ServerConfig  # noqa: E402
+from ragkit.llm import GenerationConfig, HFCausalLM  # noqa: E402
+from ragkit.pipeline import Pipeline  # noqa: E402
+from ragkit.server import create_app  # noqa: E402
+
+QUESTION = "What does the assert statement do?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline(encoder, topic_docs):
+    index = Index.build([replace(d, text=d.text[:2000]) for d in topic_docs[:40]], encoder=encoder)
+    config = PipelineConfig(generation=GenerationConfig(max_new_tokens=16),
+                            server=ServerConfig(max_request_bytes=20_000, max_tokens=64, api_key_env=""))
+    return Pipeline(index, HFCausalLM.from_pretrained("default"), config)
+
+
+@pytest.fixture(scope="module")
+def server(pipeline):
+    """The app under uvicorn in a background thread; yields its base URL."""
+    app = create_app(pipeline)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def post(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_models_and_health(server, client, pipeline):
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == pipeline.llm.model_id and pipeline.index.encoder.model_id in ids
+    with urllib.request.urlopen(server[0] + "/healthz") as r:
+        health = json.loads(r.read())
+    assert health["status"] == "ok" and health["index"]["documents"] == 40
+
+
+def test_chat_answers_with_the_pipeline_and_cites_sources(client, pipeline):
+    resp = client.chat.completions.create(model=pipeline.llm.model_id, max_tokens=16,
+                                          messages=[{"role": "user", "content": QUESTION}])
+    expected = pipeline.ask(QUESTION, GenerationConfig(max_new_tokens=16))
+    assert resp.choices[0].message.content == expected.text and expected.text
+    ext = resp.model_extra["ragkit"]
+    assert [s["chunk_id"] for s in ext["sources"]] == [s.chunk_id for s in expected.sources]
+    assert ext["sources"][0]["doc_id"] == "topic:assert" and ext["citations"] == expected.citations
+    assert resp.usage.prompt_tokens == expected.prompt_tokens and resp.usage.completion_tokens > 0
+    assert resp.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streaming_chat_matches_the_plain_answer(client, pipeline):
+    msgs = [{"role": "user", "content": "How do for loops work?"}]
+    plain = client.chat.completions.create(model="ragkit", messages=msgs, max_tokens=16)
+    chunks = list(client.chat.completions.create(model="ragkit", messages=msgs, max_tokens=16, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content and len([c for c in chunks if c.choices]) > 3
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].model_extra["ragkit"]["sources"]
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_retrieval_can_be_switched_off_per_request(client, pipeline):
+    msgs = [{"role": "user", "content": "Say hello."}]
+    resp = client.chat.completions.create(model="ragkit", messages=msgs, max_tokens=12,
+                                          extra_body={"ragkit": {"retrieval": False}})
+    assert resp.choices[0].message.content == pipeline.llm.generate(msgs, GenerationConfig(max_new_tokens=12)).text
+    assert "ragkit" not in (resp.model_extra or {})
+    few = client.chat.completions.create(model="ragkit", messages=[{"role": "user", "content": QUESTION}], max_tokens=4,
+                                         extra_body={"ragkit": {"k": 2, "retriever": "bm25"}})
+    assert [s["chunk_id"] for s in few.model_extra["ragkit"]["sources"]] == \
+        [h.chunk_id for h in pipeline.index.search(QUESTION, 2, "bm25")]
+
+
+def test_completions_continue_raw_text_without_retrieval(client, pipeline):
+    prompt = "The capital of France is"
+    resp = client.completions.create(model="ragkit", prompt=prompt, max_tokens=8,
+                                     extra_body={"ragkit": {"retrieval": False}})
+    assert resp.choices[0].text == pipeline.llm.generate(prompt, GenerationConfig(max_new_tokens=8)).text
+    assert resp.usage.prompt_tokens == pipeline.llm.count_tokens(prompt)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="ragkit", prompt=prompt, max_tokens=8, stream=True, extra_body={"ragkit": {"retrieval": False}}))
+    assert streamed == resp.choices[0].text
+
+
+def test_embeddings_are_the_index_encoder(client, pipeline):
+    texts = ["reading files line by line", "the assert statement"]
+    resp = client.embeddings.create(model=pipeline.index.encoder.model_id, input=texts)
+    got = np.array([d.embedding for d in resp.data])
+    assert got.shape == (2, 384) and [d.index for d in resp.data] == [0, 1]
+    np.testing.assert_allclose(got, pipeline.index.encoder.encode(texts), atol=1e-5)
+    assert resp.usage.prompt_tokens > 4
+
+
+def test_retrieve_over_plain_http(server, pipeline):
+    status, body = post(server[0] + "/v1/retrieve", {"query": "how do loops work", "k": 4, "retriever": "dense"})
+    assert status == 200 and body["retriever"] == "dense"
+    expected = pipeline.index.search("how do loops work", 4, "dense")
+    assert [h["chunk_id"] for h in body["data"]] == [h.chunk_id for h in expected]
+    assert body["data"][0]["score"] == pytest.approx(expected[0].score, rel=1e-5) and body["data"][0]["text"]
+
+
+@pytest.mark.parametrize("path,body,status,param", [
+    ("/v1/chat/completions", b'{"model": "ragkit", "messages": [', 400, None),               # malformed JSON
+    ("/v1/chat/completions", {"model": "ragkit"}, 400, "messages"),                            # missing field
+    ("/v1/chat/completions", {"model": "ragkit", "messages": "hi"}, 400, "messages"),          # wrong type
+    ("/v1/chat/completions", {"model": "ragkit", "messages": [{"role": "user", "content": "x"}],
+                              "max_tokens": "many"}, 400, "max_tokens"),
+    ("/v1/chat/completions", {"model": "ragkit", "messages": [{"role": "user", "content": "x"}],
+                              "max_tokens": 5000}, 400, "max_tokens"),                         # over the server's cap
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
+    ("/v1/chat/completions", {"model": "ragkit", "messages": [{"role": "user", "content": "x"}],
+                              "ragkit": {"retriever": "nope"}}, 400, "ragkit.retriever"),
+    ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}, 404, "model"),
+    ("/v1/retrieve", {"query": "", "k": 3}, 400, "query"),
+    ("/v1/retrieve", {"query": "loops", "k": 1000}, 400, "k"),
+    ("/v1/chat/completions", {"model": "ragkit", "messages": [{"role": "user", "content": "x" * 30_000}]}, 413, None),
+])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, path, body, status, param):
+    got, err = post(server[0] + path, body)
+    assert got == status, err
+    assert set(err["error"]) == {"message", "type", "param", "code"} and err["error"]["message"]
+    if param:
+        assert err["error"]["param"] == param
+    with urllib.request.urlopen(server[0] + "/healthz") as r:
+        assert r.status == 200
+
+
+def test_oversized_chunked_body_is_refused(server):
+    """No Content-Length: the limit is enforced while the body is read."""
+    conn = __import__("http.client").client.HTTPConnection("127.0.0.1", int(server[0].rsplit(":", 1)[1]), timeout=30)
+    conn.putrequest("POST", "/v1/retrieve")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    payload = json.dumps({"query": "x" * 50_000}).encode()
+    for i in range(0, len(payload), 8192):
+        part = payload[i:i + 8192]
+        conn.send(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+    conn.send(b"0\r\n\r\n")
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["error"]["code"] == "request_too_large"
+
+
+def test_api_key_is_required_when_configured(server, client):
+    state = server[1].state.ragkit
+    state.api_key = "s3cret"
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+        good = openai.OpenAI(base_url=server[0] + "/v1", api_key="s3cret", max_retries=0)
+        assert good.models.list().data
+        status, err = post(server[0] + "/v1/retrieve", {"query": "loops"}, {"Authorization": "Bearer wrong"})
+        assert status == 401 and err["error"]["code"] == "invalid_api_key"
+        with urllib.request.urlopen(server[0] + "/healthz") as r:  # health stays open
+            assert r.status == 200
+    finally:
+        state.api_key = ""
+
+
+def test_concurrent_streams_are_not_mixed(client):
+    questions = ["What does the assert statement do?", "How do for loops work?", "What is a class?"]
+    expected = {q: client.chat.completions.create(model="ragkit", max_tokens=10,
+                                                  messages=[{"role": "user", "content": q}]).choices[0].message.content
+                for q in questions}
+    got: dict[str, str] = {}
+
+    def ask(q: str) -> None:
+        stream = client.chat.completions.create(model="ragkit", max_tokens=10, stream=True,
+                                                messages=[{"role": "user", "content": q}])
+        got[q] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert got == expected
+
+
+def test_ragkit_openai_backend_talks_to_ragkit_serve(server, pipeline):
+    from ragkit.llm.openai_compat import OpenAICompatLLM
+
+    remote = OpenAICompatLLM(server[0] + "/v1", "ragkit", api_key_env="RAGKIT_TEST_NO_KEY", retries=0)
+    msgs = [{"role": "user", "content": QUESTION}]
+    assert remote.generate(msgs, GenerationConfig(max_new_tokens=12)).text == \
+        pipeline.ask(QUESTION, GenerationConfig(max_new_tokens=12)).text
