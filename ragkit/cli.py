@@ -251,9 +251,16 @@ def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens):
 def _print_sources(answer) -> None:
     out.print()
     cited = set(answer.citations)
-    out.print(f"\n[bold]Sources[/] (cited: {', '.join(f'[{n}]' for n in answer.citations) or 'none'})")
+    out.print(f"\n[bold]Sources[/] (cited by the model: {', '.join(f'[{n}]' for n in answer.citations) or 'none'}"
+              + (f"; attributed by ragkit: {', '.join(f'[{n}]' for n in answer.attributed)}" if answer.attributed else "")
+              + ")")
+    attributed = {}
+    for a in answer.attributions:
+        if a["n"] in answer.attributed:
+            attributed[a["n"]] = max(attributed.get(a["n"], 0.0), a["similarity"])
     for s in answer.sources:
-        mark = "[green]cited[/]" if s.n in cited else "[dim]not cited[/]"
+        mark = ("[green]cited[/]" if s.n in cited else
+                f"[cyan]attributed by ragkit (cosine {attributed[s.n]:.2f})[/]" if s.n in attributed else "[dim]not cited[/]")
         out.print(f"  [{s.n}] {escape(s.title or s.doc_id)} — {escape(s.source)}, {escape(s.chunk_id)}, "
                   f"chars {s.start}-{s.end}{' (cut)' if s.truncated else ''}  {mark}", soft_wrap=True)
     if answer.dropped:

@@ -57,6 +57,10 @@ class PromptConfig:
     template: str = DEFAULT_TEMPLATE
     source_template: str = SOURCE_TEMPLATE
     min_source_tokens: int = 48   # a source cut to fewer tokens than this is dropped instead
+    # Small LLMs often write no [n] markers. Then each answer sentence without one is attributed to
+    # its most similar source (the index's encoder, cosine >= attribute_min_similarity) and those
+    # source numbers are appended to the answer; Answer.attributions says which. 0 or less: off.
+    attribute_min_similarity: float = 0.5
 
 
 @dataclass

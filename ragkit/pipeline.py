@@ -40,17 +40,24 @@ class Answer:
     question: str
     text: str
     sources: list[Source]                       # what the prompt held, numbered from 1
-    citations: list[int]                         # the [n] the answer used, in order of first use
+    citations: list[int]                         # the [n] the model wrote, in order of first use
     dropped: list[str] = field(default_factory=list)   # chunk ids left out for the context budget
     unknown_citations: list[int] = field(default_factory=list)
+    attributions: list[dict] = field(default_factory=list)  # {sentence, n, similarity}: ragkit-attributed, not model-written
     prompt_tokens: int = 0
     completion_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def attributed(self) -> list[int]:
+        """Source numbers ragkit appended for sentences the model left without a marker."""
+        return [n for n in dict.fromkeys(a["n"] for a in self.attributions) if n not in self.citations]
+
+    @property
     def cited_sources(self) -> list[Source]:
+        """The model's own citations, then ragkit's attributions."""
         by_n = {s.n: s for s in self.sources}
-        return [by_n[n] for n in self.citations]
+        return [by_n[n] for n in self.citations + self.attributed]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +92,25 @@ def load_llm(config: LLMConfig) -> LLM:
     if config.context_window:
         llm.context_window = config.context_window
     return llm
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")
+
+
+def attribute(encoder, text: str, sources: list[Source], min_similarity: float) -> list[dict]:
+    """Answer sentences that carry no [n] marker, each matched to its most similar source
+    (cosine of `encoder` embeddings) when that similarity reaches `min_similarity`."""
+    sentences = [s.strip() for s in SENTENCE_END.split(text)]
+    sentences = [s for s in sentences if len(s) > 12 and not CITATION.search(s)]
+    if not sentences or not sources or encoder is None:
+        return []
+    sims = encoder.encode(sentences) @ encoder.encode([f"{s.title}\n{s.text}" for s in sources]).T
+    out = []
+    for sentence, row in zip(sentences, sims):
+        best = int(row.argmax())
+        if float(row[best]) >= min_similarity:
+            out.append({"sentence": sentence, "n": sources[best].n, "similarity": round(float(row[best]), 4)})
+    return out
 
 
 def load_reranker(name: str | None):
@@ -230,9 +256,20 @@ class AnswerStream:
                 first = time.perf_counter() - t0
             pieces.append(piece)
             yield piece
-        text = "".join(pieces)
+        text = model_text = "".join(pieces)
         citations, unknown = parse_citations(text, len(self.sources))
+        attributions, threshold = [], self.pipeline.config.prompt.attribute_min_similarity
+        index = self.pipeline.index
+        if threshold > 0 and self.sources and index is not None and index.encoder is not None:
+            attributions = attribute(index.encoder, text, self.sources, threshold)
+            added = [n for n in dict.fromkeys(a["n"] for a in attributions) if n not in citations]
+            if added:  # appended, so the streamed text and the answer's text stay the same
+                piece = "\n" + "".join(f"[{n}]" for n in added)
+                pieces.append(piece)
+                yield piece
+                text += piece
         prompt = self.pipeline._render(self.messages)
         self.timings.update(generate_s=time.perf_counter() - t0, first_token_s=first or 0.0)
-        self.answer = Answer(self.question, text, self.sources, citations, self.dropped, unknown,
-                             llm.count_tokens(prompt), llm.count_tokens(text) if text else 0, self.timings)
+        self.answer = Answer(self.question, text, self.sources, citations, self.dropped, unknown, attributions,
+                             llm.count_tokens(prompt), llm.count_tokens(model_text) if model_text else 0,
+                             self.timings)

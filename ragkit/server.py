@@ -29,7 +29,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 from .config import PipelineConfig
 from .errors import RagkitError
 from .llm.base import GenerationConfig, Message
-from .pipeline import Pipeline, PromptTooLongError, parse_citations
+from .pipeline import Pipeline, PromptTooLongError
 
 try:
     from fastapi import FastAPI, Request
@@ -232,9 +232,11 @@ class RagkitServer:
             raise APIError(400, str(e), param="messages") from e
 
         def extension(text: str) -> dict:
-            citations, unknown = parse_citations(text, len(stream.sources))
-            return {"sources": [_source(s, s.n in citations) for s in stream.sources], "citations": citations,
-                    "unknown_citations": unknown, "dropped": stream.dropped,
+            answer = stream.answer
+            cited = set(answer.citations + answer.attributed)
+            return {"sources": [_source(s, s.n in cited) for s in stream.sources], "citations": answer.citations,
+                    "attributed": answer.attributions, "unknown_citations": answer.unknown_citations,
+                    "dropped": stream.dropped,
                     "retrieve_ms": round(stream.timings["retrieve_s"] * 1000, 2)}
         return _Run(iter(stream), extension, lambda: _count(llm, stream.messages), llm)
 

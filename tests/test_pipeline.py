@@ -38,7 +38,7 @@ def test_sources_are_numbered_hits_and_citations_map_back(index, llm, topic_docs
         assert texts[s.doc_id][s.start:s.end] == s.text  # every source cites real characters of the document
     assert answer.text and answer.completion_tokens > 0 and answer.prompt_tokens > 500
     assert all(1 <= n <= len(answer.sources) for n in answer.citations)
-    assert [s.n for s in answer.cited_sources] == answer.citations
+    assert [s.n for s in answer.cited_sources] == answer.citations + answer.attributed
     # the model sees exactly these numbered sources
     prompt = llm.render(pipe.pack("What does the assert statement do?", index.search("What does the assert statement do?", 5))[0])
     assert all(f"[{s.n}] {s.title}" in prompt for s in answer.sources)
@@ -110,3 +110,34 @@ def test_chat_history_is_in_the_prompt_and_the_cli_keeps_it(index, llm, tmp_path
                            input="What does assert do?\nAnd raise?\nexit\n")
     assert r.exit_code == 0, r.output
     assert r.output.count("ragkit> ") == 2 and r.output.count("Sources") == 2
+
+
+def test_attribution_matches_unmarked_sentences_to_their_source(encoder, index):
+    from ragkit.pipeline import Source, attribute
+
+    hits = index.search("What does the assert statement do?", 3)
+    sources = [Source(i, h.chunk_id, h.doc_id, h.title, h.source, h.start, h.end, h.text, h.score)
+               for i, h in enumerate(hits, start=1)]
+    copied = " ".join(sources[1].text.split()[:25]) + "."
+    text = f"Something unrelated about cooking pasta in salted water. {copied} This one is cited [1]."
+    got = attribute(encoder, text, sources, 0.5)
+    assert [a["n"] for a in got] == [2] and got[0]["similarity"] > 0.55  # the cited and the unrelated one are left
+    assert attribute(encoder, text, sources, 0.99) == []
+
+
+def test_answers_without_markers_get_attributed_sources_appended(index, llm):
+    pipe = Pipeline(index, llm, PipelineConfig(generation=SHORT))
+    stream = pipe.stream("What does the assert statement do?")
+    streamed = "".join(stream)
+    answer = stream.answer
+    assert streamed == answer.text
+    for a in answer.attributions:
+        assert a["similarity"] >= 0.5 and a["sentence"] in answer.text and 1 <= a["n"] <= len(answer.sources)
+    if answer.attributed:  # appended markers, after the model's own text
+        assert answer.text.endswith("".join(f"[{n}]" for n in answer.attributed))
+        assert [s.n for s in answer.cited_sources] == answer.citations + answer.attributed
+    off = Pipeline(index, llm, PipelineConfig(generation=SHORT))
+    off.config.prompt.attribute_min_similarity = 0
+    plain = off.ask("What does the assert statement do?")
+    assert plain.attributions == [] and answer.text.startswith(plain.text)
+    assert plain.completion_tokens == answer.completion_tokens  # appended markers are not model tokens
