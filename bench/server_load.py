@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +63,7 @@ def start_server(index: str, port: int, max_tokens: int) -> subprocess.Popen:
                 return proc
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit("ragkit serve did not start")
+                raise SystemExit("ragkit serve did not start") from None
             time.sleep(0.5)
 
 

@@ -44,7 +44,7 @@ class MaxSimReranker:
         out = self.st.encode(list(texts), output_value="token_embeddings", batch_size=self.batch_size,
                              convert_to_numpy=False, show_progress_bar=False)
         embs = []
-        for text, e in zip(texts, out):
+        for e in out:
             e = e[1:-1] if e.shape[0] > 2 else e  # [CLS] ... [SEP]
             embs.append(torch.nn.functional.normalize(e.float(), dim=-1))
         return embs
