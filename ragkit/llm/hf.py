@@ -157,6 +157,9 @@ class HFCausalLM(LLM):
         self.threads = threads
         self.prefill_threads = min(prefill_threads, os.cpu_count() or 1) if prefill_threads else prefill_threads
         self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        # white-box domain adapters (ragkit.adapters.LogitsAdapter): each gives a fresh
+        # transformers LogitsProcessor per generation, applied in list order
+        self.logits_adapters: list = []
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "float32",
@@ -211,6 +214,10 @@ class HFCausalLM(LLM):
                 def __call__(self, input_ids, scores, **kwargs):
                     return stop_event.is_set()
             kw["stopping_criteria"] = StoppingCriteriaList([_Cancelled()])
+        if self.logits_adapters:
+            from transformers import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList([a.logits_processor(self) for a in self.logits_adapters])
         cache = self._prefill(ids)
         if cache is not None:
             kw["past_key_values"] = cache

@@ -1,0 +1,203 @@
+"""Domain adapters: small models that make an LLM better at a domain without touching its weights.
+
+Two families, both attachable to a `ragkit.Pipeline` and stackable:
+
+- `PromptAdapter` (black-box): writes background text for a question (Knowledge Card / BLADE
+  style); the pipeline puts the filtered text into the prompt as a labelled knowledge section.
+  Works with every backend, remote OpenAI-compatible ones included.
+- `LogitsAdapter` (white-box): a `transformers.LogitsProcessor` that adjusts the LLM's next-token
+  scores at decode time (proxy-tuning, product of experts, contrastive decoding, kNN-LM). Needs a
+  local model (`HFCausalLM`) whose tokenizer the adapter's models share.
+
+On disk an adapter is a folder (by default under `adapters/`, or `$RAGKIT_ADAPTERS`) holding
+`manifest.json` and safetensors / faiss / json files; never pickle. The manifest records the kind,
+the base model, the tokenizer and corpus fingerprints, the training settings, fitted parameters
+(alpha / w / lambda) and metrics. Writes are atomic (a temporary folder swapped into place).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .. import __version__
+from ..errors import RagkitError
+from ..indexes.store import atomic_dir, write_json
+
+ADAPTER_FORMAT = "ragkit-adapter"
+ADAPTER_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class AdapterError(RagkitError):
+    """An adapter folder is missing or wrong, or does not fit the model it is attached to."""
+
+
+def adapters_dir() -> Path:
+    """Where adapters are saved and looked up by name: `$RAGKIT_ADAPTERS`, default `adapters/`."""
+    return Path(os.environ.get("RAGKIT_ADAPTERS", "adapters"))
+
+
+def resolve_adapter_path(name_or_path: str | Path) -> Path:
+    """A folder path as given when it exists, else `adapters_dir() / name`."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    named = adapters_dir() / str(name_or_path)
+    if named.is_dir():
+        return named
+    raise AdapterError(f"no adapter {str(name_or_path)!r}: neither a folder nor a name under {adapters_dir()}/")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of a tokenizer's vocabulary (token → id) and special tokens: two models whose
+    fingerprints match score the same token ids."""
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256()
+    for token, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        h.update(f"{idx}\t{token}\n".encode("utf-8", "surrogatepass"))
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        h.update(f"{name}={getattr(tokenizer, name, None)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def text_fingerprint(texts: Iterable[str]) -> str:
+    """A short hash of a corpus (texts in order)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def check_same_tokenizer(a: Any, b: Any, name_a: str, name_b: str) -> None:
+    """Fail with a message naming both models when their tokenizers differ (ids would not line up)."""
+    fa, fb = tokenizer_fingerprint(a), tokenizer_fingerprint(b)
+    if fa != fb:
+        na, nb = len(a.get_vocab()), len(b.get_vocab())
+        raise AdapterError(
+            f"{name_a} and {name_b} do not share a tokenizer ({type(a).__name__} with {na} tokens, fingerprint {fa}; "
+            f"{type(b).__name__} with {nb} tokens, fingerprint {fb}): decode-time adapters need the same vocabulary")
+
+
+def new_manifest(kind: str, base_model: str, tokenizer: Any = None, corpus: Iterable[str] | None = None,
+                 **fields: Any) -> dict:
+    """The manifest of a new adapter; `fields` adds training / params / metrics / anything else."""
+    m = {"format": ADAPTER_FORMAT, "format_version": ADAPTER_FORMAT_VERSION, "ragkit_version": __version__,
+         "kind": kind, "base_model": base_model, "created": _now(),
+         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
+         "corpus_fingerprint": text_fingerprint(corpus) if corpus is not None else None,
+         "training": {}, "params": {}, "metrics": {}}
+    m.update(fields)
+    return m
+
+
+def write_adapter(path: str | Path, manifest: dict, write_files: Callable[[Path], None]) -> Path:
+    """Write an adapter folder atomically: `write_files(tmp)` fills a temporary folder, the manifest
+    goes in last, then the folder is swapped into place (a failed write leaves the old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(path) as tmp:
+        write_files(tmp)
+        write_json(tmp / MANIFEST, manifest)
+    return path
+
+
+def read_adapter_manifest(path: str | Path) -> dict:
+    """The manifest of an adapter folder, with clear errors for anything that is not one."""
+    path = resolve_adapter_path(path)
+    f = path / MANIFEST
+    if not f.is_file():
+        raise AdapterError(f"{path} is not a ragkit adapter: it has no {MANIFEST}")
+    try:
+        m = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdapterError(f"{f}: unreadable manifest: {e}") from e
+    if not isinstance(m, dict) or m.get("format") != ADAPTER_FORMAT:
+        raise AdapterError(f"{f}: not a ragkit adapter manifest (format {m.get('format') if isinstance(m, dict) else m!r})")
+    if int(m.get("format_version", 0)) > ADAPTER_FORMAT_VERSION:
+        raise AdapterError(f"{f}: adapter format {m['format_version']} is newer than this ragkit reads "
+                           f"({ADAPTER_FORMAT_VERSION}); upgrade ragkit")
+    if "kind" not in m:
+        raise AdapterError(f"{f}: the manifest has no 'kind' field")
+    return m
+
+
+def update_manifest(path: str | Path, **fields: Any) -> dict:
+    """Merge `fields` into an adapter's manifest (dict fields are merged one level deep), atomically."""
+    path = resolve_adapter_path(path)
+    m = read_adapter_manifest(path)
+    for k, v in fields.items():
+        if isinstance(v, dict) and isinstance(m.get(k), dict):
+            m[k] = {**m[k], **v}
+        else:
+            m[k] = v
+    tmp = path / f".{MANIFEST}.{os.getpid()}.tmp"
+    write_json(tmp, m)
+    os.replace(tmp, path / MANIFEST)
+    return m
+
+
+class Adapter:
+    """An adapter loaded from a folder (or built in memory): its kind, manifest and path."""
+
+    kind: str = "adapter"
+
+    def __init__(self, manifest: dict | None = None, path: Path | None = None) -> None:
+        self.manifest = manifest or {}
+        self.path = path
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else self.kind
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "params": self.manifest.get("params", {})}
+
+
+class PromptAdapter(Adapter):
+    """Black-box: text for the prompt's knowledge section (empty string: nothing to add)."""
+
+    def knowledge(self, question: str, hits: list | None = None) -> str:
+        raise NotImplementedError
+
+
+class LogitsAdapter(Adapter):
+    """White-box: a `transformers.LogitsProcessor` bound to a local LLM; fresh per generation
+    (processors keep their own KV caches)."""
+
+    def logits_processor(self, llm: Any) -> Any:
+        raise NotImplementedError
+
+
+_LOADERS: dict[str, Callable[[Path, dict], Adapter]] = {}
+
+
+def register_kind(kind: str) -> Callable[[Callable[[Path, dict], Adapter]], Callable[[Path, dict], Adapter]]:
+    """Decorator: `loader(path, manifest) -> Adapter` for adapter folders of `kind`."""
+    def deco(loader: Callable[[Path, dict], Adapter]) -> Callable[[Path, dict], Adapter]:
+        _LOADERS[kind] = loader
+        return loader
+    return deco
+
+
+def load_adapter(name_or_path: str | Path, **overrides: Any) -> Adapter:
+    """Load an adapter folder (a path, or a name under `adapters/`) by the kind in its manifest.
+    `overrides` replace fitted params for this load (e.g. alpha=0.2)."""
+    path = resolve_adapter_path(name_or_path)
+    m = read_adapter_manifest(path)
+    if overrides:
+        m = {**m, "params": {**m.get("params", {}), **overrides}}
+    from . import _register_all  # noqa: F401 - the built-in kinds register themselves on import
+
+    loader = _LOADERS.get(m["kind"])
+    if loader is None:
+        raise AdapterError(f"{path}: unknown adapter kind {m['kind']!r}; this ragkit knows {', '.join(sorted(_LOADERS))}")
+    return loader(path, m)
