@@ -54,6 +54,17 @@ def test_qa_bot_indexes_a_folder_once_and_answers_with_sources(docs_folder, tmp_
     assert manifest.stat().st_mtime_ns == before and "Sources:" in out  # loaded, not rebuilt
 
 
+@pytest.mark.slow
+def test_llama_index_example_answers_from_a_ragkit_index(saved_index):
+    pytest.importorskip("llama_index.core")
+    out = run(["examples/llama_index_query.py", str(saved_index), "What does the assert statement do?", "--rerank"],
+              {"RAGKIT_MAX_NEW_TOKENS": "16"})
+    lines = out.splitlines()
+    assert lines[0] == "Q: What does the assert statement do?" and lines[1].startswith("A: ") and len(lines[1]) > 3
+    sources = [line for line in lines if line.startswith("  [")]
+    assert len(sources) == 3 and "assert" in sources[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
