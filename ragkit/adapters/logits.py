@@ -1,0 +1,416 @@
+"""White-box decode-time adapters: `transformers.LogitsProcessor`s that adjust the LLM's next-token
+scores, usable in plain `model.generate(logits_processor=...)` and through `HFCausalLM.logits_adapters`.
+
+- `ProxyTuningProcessor`: `scores + α·(log p_expert − log p_anti)` (log-prob space; the base
+  scores are left as they are, so expert == anti-expert returns them bit for bit).
+- `ProductOfExpertsProcessor`: `(1−w)·log p_LLM + w·log p_SM` (`mode="product"`) or
+  `log((1−w)·p_LLM + w·p_SM)` (`mode="mixture"`).
+- `ContrastiveProcessor`: `log p_LLM − β·log p_amateur` inside the LLM's plausibility set
+  (tokens with p ≥ α·max p), −inf elsewhere; the LLM is the expert.
+- `KNNLMProcessor`: `log(λ·p_kNN + (1−λ)·p_LM)`, p_kNN = softmax(−d²/T) over the k nearest
+  datastore keys, summed per next-token value.
+
+Design choices (documented here once):
+- Each small model keeps its own `DynamicCache`: its first call consumes the whole prompt, later
+  calls feed only the tokens it has not seen (one per step). A sequence that is not an extension
+  of what it saw (a new generation reusing the processor) resets the cache. Batch size 1 only
+  (ragkit generates one sequence at a time): a batch raises `AdapterError`.
+- kNN-LM needs the LLM's lm_head input at the current step. A forward pre-hook on the LLM's output
+  embedding (installed once per model, `capture_lm_head_input`) keeps a reference to the tensor the
+  lm_head received on its last call; during `generate` that is exactly the current step's hidden
+  state, so no second LLM forward is run. In a batched forward (evaluation) it holds every position.
+- Padded vocabularies: models over one tokenizer may have lm_heads of different widths; the
+  adjustment is computed over the common width `min(V_LLM, V_SM)` and columns beyond it keep the
+  incoming score (they are padding ids the tokenizer never produces).
+- Tokenizers are compared with `check_same_tokenizer` when a processor is built: a mismatch fails
+  with a message naming both models.
+- The same `combine(scores, side)` function serves the step path (`__call__`, with cached
+  one-token steps) and the batched path (`batched_side`, one forward over a whole window, used by
+  perplexity evaluation and fitting); tests check that the two agree.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import LogitsProcessor
+
+from .base import AdapterError, LogitsAdapter, adapters_dir, check_same_tokenizer, register_kind
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _batch1(input_ids: torch.Tensor) -> None:
+    if input_ids.shape[0] != 1:
+        raise AdapterError(f"ragkit's decode-time adapters handle one sequence at a time (batch size 1), "
+                           f"got a batch of {input_ids.shape[0]}")
+
+
+def _softcap(model) -> float | None:
+    return getattr(model.config, "final_logit_softcapping", None)
+
+
+class SideModel:
+    """A small causal LM scored alongside the LLM, with its own KV cache (new tokens only)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        self.head = model.get_output_embeddings()
+        self.plain_head = _softcap(model) is None and self.head.bias is None
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache, self.ids = None, None
+
+    def _new_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        _batch1(input_ids)
+        if self.ids is not None and input_ids.shape[1] > self.ids.shape[1] and \
+                torch.equal(input_ids[:, :self.ids.shape[1]], self.ids):
+            new = input_ids[:, self.ids.shape[1]:]
+        else:  # first call, or not an extension of what this cache holds
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=self.model.config)
+            new = input_ids
+        self.ids = input_ids
+        return new
+
+    def step_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The last position's final hidden state [1, H] (lm_head input), feeding only new tokens."""
+        new = self._new_tokens(input_ids)
+        out = self.body(input_ids=new, past_key_values=self.cache, use_cache=True)
+        return out.last_hidden_state[:, -1]
+
+    def step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [1, V] after `input_ids`, feeding only new tokens."""
+        if self.plain_head:
+            return self.head(self.step_hidden(input_ids)).float()
+        new = self._new_tokens(input_ids)
+        return self.model(input_ids=new, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+
+    def window_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [T, V] for every position of one sequence [1, T], no cache (the batched path)."""
+        _batch1(input_ids)
+        return self.model(input_ids=input_ids, use_cache=False).logits[0].float()
+
+
+def _shares_head(a: SideModel, b: SideModel) -> bool:
+    wa, wb = a.head.weight, b.head.weight
+    return a.plain_head and b.plain_head and wa.shape == wb.shape and (wa is wb or torch.equal(wa, wb))
+
+
+def _check_tokenizers(llm: Any, tokenizer: Any, name: str) -> None:
+    check_same_tokenizer(llm.tokenizer, tokenizer, f"LLM {getattr(llm, 'model_id', 'LLM')}", name)
+
+
+def _width(scores: torch.Tensor, side: torch.Tensor) -> int:
+    return min(scores.shape[-1], side.shape[-1])
+
+
+class _Processor(LogitsProcessor):
+    """Base: `__call__` = combine(scores, step_side(input_ids)); `batched_side` for whole windows."""
+
+    def step_side(self, input_ids: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def batched_side(self, input_ids: torch.Tensor, hidden: torch.Tensor | None = None) -> Any:
+        """Side information for every position of `input_ids` [1, T]; `hidden` [T, H] is the LLM's
+        lm_head input at every position (needed by kNN-LM only)."""
+        raise NotImplementedError
+
+    def combine(self, scores: torch.Tensor, side: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def is_identity(self) -> bool:
+        return False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        _batch1(input_ids)
+        side = self.step_side(input_ids)  # always advance the caches, even when the weight is 0
+        if self.is_identity():
+            return scores
+        return self.combine(scores, side)
+
+
+# ---------------------------------------------------------------------------------------------
+# proxy-tuning
+
+
+class ProxyTuningProcessor(_Processor):
+    """`scores + α·(log_softmax(expert) − log_softmax(anti_expert))` over the common vocabulary."""
+
+    def __init__(self, expert: Any, anti_expert: Any, alpha: float = 0.1) -> None:
+        self.expert, self.anti = SideModel(expert), SideModel(anti_expert)
+        self.alpha = float(alpha)
+        self.shared_head = _shares_head(self.expert, self.anti)
+
+    def is_identity(self) -> bool:
+        return self.alpha == 0.0
+
+    def step_side(self, input_ids):
+        if self.shared_head:  # both bodies, then one matrix product for both heads
+            h = torch.cat([self.expert.step_hidden(input_ids), self.anti.step_hidden(input_ids)])
+            logits = self.expert.head(h).float()
+            return logits[0:1], logits[1:2]
+        return self.expert.step_logits(input_ids), self.anti.step_logits(input_ids)
+
+    def batched_side(self, input_ids, hidden=None):
+        return self.expert.window_logits(input_ids), self.anti.window_logits(input_ids)
+
+    def combine(self, scores, side):
+        e, a = side
+        n = _width(scores, e)
+        diff = F.log_softmax(e[..., :n], -1) - F.log_softmax(a[..., :n], -1)
+        out = scores.clone()
+        out[..., :n] = scores[..., :n] + self.alpha * diff
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# product of experts / mixture
+
+
+class ProductOfExpertsProcessor(_Processor):
+    """`(1−w)·log p_LLM + w·log p_SM` (mode "product") or `log((1−w)·p_LLM + w·p_SM)` ("mixture")."""
+
+    def __init__(self, small: Any, w: float = 0.2, mode: str = "product") -> None:
+        if mode not in ("product", "mixture"):
+            raise AdapterError(f"product-of-experts mode must be 'product' or 'mixture', not {mode!r}")
+        self.small, self.w, self.mode = SideModel(small), float(w), mode
+
+    def is_identity(self) -> bool:
+        return self.w == 0.0
+
+    def step_side(self, input_ids):
+        return self.small.step_logits(input_ids)
+
+    def batched_side(self, input_ids, hidden=None):
+        return self.small.window_logits(input_ids)
+
+    def combine(self, scores, side):
+        n = _width(scores, side)
+        lp = F.log_softmax(scores.float(), -1)
+        ls = F.log_softmax(side[..., :n], -1)
+        out = lp.clone()
+        if self.mode == "product":
+            out[..., :n] = (1 - self.w) * lp[..., :n] + self.w * ls
+        else:
+            w = min(max(self.w, 1e-12), 1.0)
+            out[..., :n] = torch.logaddexp(math.log1p(-w) + lp[..., :n] if w < 1 else torch.full_like(ls, -math.inf),
+                                           math.log(w) + ls)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# contrastive decoding
+
+
+class ContrastiveProcessor(_Processor):
+    """`log p_LLM − β·log p_amateur` for tokens with p_LLM ≥ α·max p_LLM, −inf for the others."""
+
+    def __init__(self, amateur: Any, beta: float = 0.5, alpha: float = 0.1) -> None:
+        self.amateur, self.beta, self.alpha = SideModel(amateur), float(beta), float(alpha)
+
+    def is_identity(self) -> bool:
+        return self.beta == 0.0 and self.alpha == 0.0
+
+    def step_side(self, input_ids):
+        return self.amateur.step_logits(input_ids)
+
+    def batched_side(self, input_ids, hidden=None):
+        return self.amateur.window_logits(input_ids)
+
+    def combine(self, scores, side):
+        n = _width(scores, side)
+        lp = F.log_softmax(scores.float(), -1)
+        out = lp.clone()
+        out[..., :n] = lp[..., :n] - self.beta * F.log_softmax(side[..., :n], -1)
+        if self.alpha > 0:
+            cut = lp.max(-1, keepdim=True).values + math.log(self.alpha)
+            out = out.masked_fill(lp < cut, -math.inf)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN-LM
+
+_HOOK_ATTR = "_ragkit_lm_head_input"
+
+
+def capture_lm_head_input(model: Any) -> Any:
+    """Install (once) a forward pre-hook on `model`'s output embedding that keeps a reference to
+    the input of its latest call; returns the head module (read `head._ragkit_lm_head_input`)."""
+    head = model.get_output_embeddings()
+    if not getattr(head, "_ragkit_hooked", False):
+        def hook(module, args):
+            setattr(module, _HOOK_ATTR, args[0])
+        head.register_forward_pre_hook(hook)
+        head._ragkit_hooked = True
+    return head
+
+
+class KNNLMProcessor(_Processor):
+    """`log(λ·p_kNN + (1−λ)·softmax(scores))`; keys are the LLM's lm_head inputs (squared L2)."""
+
+    def __init__(self, index: Any, values: torch.Tensor, llm_model: Any, k: int = 64, temperature: float = 100.0,
+                 lam: float = 0.25) -> None:
+        self.index, self.values = index, values.long()
+        self.k, self.temperature, self.lam = int(k), float(temperature), float(lam)
+        self.head = capture_lm_head_input(llm_model)
+
+    def is_identity(self) -> bool:
+        return self.lam == 0.0
+
+    def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(squared distances [N, k], value token ids [N, k]) of the k nearest keys."""
+        q = queries.detach().float().contiguous().numpy()
+        d, i = self.index.search(q, self.k)
+        i = torch.from_numpy(i)
+        return torch.from_numpy(d).float(), self.values[i.clamp_min(0)].masked_fill(i < 0, 0)
+
+    def step_side(self, input_ids):
+        h = getattr(self.head, _HOOK_ATTR, None)
+        if h is None:
+            raise AdapterError("kNN-LM: the LLM's lm_head has not run yet (the processor must be given the "
+                               "scores of the same model it was built with)")
+        if self.is_identity():
+            return None
+        return self.search(h[:, -1])
+
+    def batched_side(self, input_ids, hidden=None):
+        if hidden is None:
+            raise AdapterError("kNN-LM needs the LLM's lm_head input at every position")
+        return self.search(hidden)
+
+    def knn_logprobs(self, side, width: int) -> torch.Tensor:
+        d, v = side
+        w = F.log_softmax(-d / self.temperature, -1)  # [N, k]
+        p = torch.zeros(d.shape[0], width, dtype=torch.float32)
+        p.scatter_add_(1, v, w.exp())
+        return p.clamp_min(1e-30).log()
+
+    def combine(self, scores, side):
+        lp = F.log_softmax(scores.float(), -1)
+        if self.lam == 0.0 or side is None:
+            return lp
+        lk = self.knn_logprobs(side, scores.shape[-1])
+        if self.lam >= 1.0:
+            return lk
+        return torch.logaddexp(math.log1p(-self.lam) + lp, math.log(self.lam) + lk)
+
+
+# ---------------------------------------------------------------------------------------------
+# adapters (folders) of these kinds
+
+
+def resolve_model_ref(ref: str, adapter_path: Path | None) -> str:
+    """A model reference in a manifest: a path relative to the adapter folder or its parent, a
+    name under adapters/, or an LLM name / hub id as is."""
+    p = Path(ref)
+    if p.is_absolute():
+        return str(p)
+    for base in ([adapter_path, adapter_path.parent] if adapter_path else []) + [Path("."), adapters_dir()]:
+        if (base / p).is_dir():
+            return str(base / p)
+    return ref
+
+
+class _ModelBacked(LogitsAdapter):
+    """Loads its small model(s) once per adapter object; each processor gets fresh caches."""
+
+    roles: tuple[str, ...] = ()
+
+    def __init__(self, manifest=None, path=None) -> None:
+        super().__init__(manifest, path)
+        self._models: dict[str, tuple[Any, Any, str]] = {}
+
+    def model(self, role: str):
+        if role not in self._models:
+            from .train import load_causal_lm
+
+            refs = self.manifest.get("models", {})
+            if role not in refs:
+                raise AdapterError(f"{self.path}: the manifest names no {role!r} model (models: {sorted(refs)})")
+            ref = resolve_model_ref(refs[role], self.path)
+            model, tok, name = load_causal_lm(ref)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._models[role] = (model, tok, f"{role} {name}")
+        return self._models[role]
+
+    def _checked(self, llm: Any, role: str):
+        model, tok, name = self.model(role)
+        _check_tokenizers(llm, tok, name)
+        return model
+
+    def p(self, key: str, default: Any) -> Any:
+        return self.manifest.get("params", {}).get(key, default)
+
+
+class ProxyAdapter(_ModelBacked):
+    kind = "proxy"
+    roles = ("expert", "anti_expert")
+
+    def logits_processor(self, llm):
+        return ProxyTuningProcessor(self._checked(llm, "expert"), self._checked(llm, "anti_expert"),
+                                    alpha=self.p("alpha", 0.0))
+
+
+class PoEAdapter(_ModelBacked):
+    kind = "poe"
+    roles = ("small",)
+
+    def logits_processor(self, llm):
+        return ProductOfExpertsProcessor(self._checked(llm, "small"), w=self.p("w", 0.0),
+                                         mode=self.p("mode", "product"))
+
+
+class ContrastiveAdapter(_ModelBacked):
+    kind = "contrastive"
+    roles = ("amateur",)
+
+    def logits_processor(self, llm):
+        return ContrastiveProcessor(self._checked(llm, "amateur"), beta=self.p("beta", 0.5), alpha=self.p("alpha", 0.1))
+
+
+for _cls in (ProxyAdapter, PoEAdapter, ContrastiveAdapter):
+    register_kind(_cls.kind)(lambda path, m, _c=_cls: _c(m, path))
+
+
+def create(kind: str, out: str | Path, models: dict[str, str], base_model: str, params: dict | None = None) -> Path:
+    """Write a `proxy` / `poe` / `contrastive` adapter folder that references its model folders
+    (`models`: role → folder or LLM name; paths are stored relative to the adapter's parent folder
+    when they lie under it). Roles: proxy expert + anti_expert, poe small, contrastive amateur."""
+    from .base import new_manifest, write_adapter
+    from .train import load_causal_lm
+
+    need = {"proxy": ("expert", "anti_expert"), "poe": ("small",), "contrastive": ("amateur",)}
+    if kind not in need:
+        raise AdapterError(f"unknown decode-time adapter kind {kind!r} (proxy, poe, contrastive; kNN: knn.build_datastore)")
+    missing = [r for r in need[kind] if r not in models]
+    if missing:
+        raise AdapterError(f"a {kind} adapter needs the model(s) {', '.join(missing)}")
+    out = Path(out)
+    refs, toks = {}, []
+    for role in need[kind]:
+        ref = Path(models[role])
+        if ref.is_dir():
+            try:
+                refs[role] = str(ref.resolve().relative_to(out.resolve().parent))
+            except ValueError:
+                refs[role] = str(ref.resolve())
+        else:
+            refs[role] = str(models[role])
+        _, tok, name = load_causal_lm(models[role])
+        toks.append((tok, f"{role} {name}"))
+    for tok, name in toks[1:]:
+        check_same_tokenizer(toks[0][0], tok, toks[0][1], name)
+    defaults = {"proxy": {"alpha": 0.0}, "poe": {"w": 0.0, "mode": "product"}, "contrastive": {"beta": 0.5, "alpha": 0.1}}
+    manifest = new_manifest(kind, base_model, toks[0][0], None, models=refs,
+                            params={**defaults[kind], **(params or {})})
+    return write_adapter(out, manifest, lambda tmp: None)

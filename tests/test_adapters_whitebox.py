@@ -1,0 +1,355 @@
+"""White-box domain adapters: exactness of the logits processors (identity cases, cached steps ==
+full recompute == the batched evaluation path), kNN-LM datastores, tokenizer / vocabulary checks,
+adapter folders, training loops (resume) and fitting. Tiny random models for plumbing, the real
+SmolLM2 where behaviour matters."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ragkit.adapters import AdapterError, load_adapter
+from ragkit.adapters.evaluate import combine_chain, perplexities
+from ragkit.adapters.logits import (ContrastiveProcessor, KNNLMProcessor, ProductOfExpertsProcessor,
+                                    ProxyTuningProcessor, capture_lm_head_input, create)
+
+V = 64
+
+
+def tiny_model(seed: int, vocab: int = V, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_tokenizer(words: list[str] | None = None):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = words or [f"w{i}" for i in range(V - 3)]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def tiny_llm_folder(tmp_path: Path, seed: int = 0, name: str = "tiny-llm") -> Path:
+    folder = tmp_path / name
+    tiny_model(seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def tiny_text(n: int = 600, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    # a little structure: repeated phrases, so training has something to learn
+    phrases = [" ".join(f"w{int(i)}" for i in torch.randint(0, V - 3, (6,), generator=g)) for _ in range(8)]
+    return " ".join(phrases[int(i)] for i in torch.randint(0, 8, (n // 6,), generator=g))
+
+
+class FakeLLM:
+    def __init__(self, model, tokenizer=None, model_id="tiny-llm"):
+        self.model, self.tokenizer, self.model_id = model, tokenizer or tiny_tokenizer(), model_id
+
+
+def step_scores(llm_model, processor, ids: torch.Tensor, start: int) -> list[torch.Tensor]:
+    """The generation path: for each prefix ids[:, :t] (t = start..T), the LLM's last-position
+    logits and the processor's cached one-token step."""
+    outs = []
+    with torch.no_grad():
+        for t in range(start, ids.shape[1] + 1):
+            scores = llm_model(input_ids=ids[:, :t]).logits[:, -1].float()
+            outs.append(processor(ids[:, :t], scores.clone()))
+    return outs
+
+
+def batched_scores(llm_model, processor, ids: torch.Tensor) -> torch.Tensor:
+    head = capture_lm_head_input(llm_model)
+    with torch.no_grad():
+        logits = llm_model(input_ids=ids).logits[0].float()
+        hidden = head._ragkit_lm_head_input[0]
+        return combine_chain([processor], logits, [processor.batched_side(ids, hidden)])
+
+
+def random_knn(llm_model, n_keys: int = 200, seed: int = 0):
+    import faiss
+
+    head = capture_lm_head_input(llm_model)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (1, n_keys + 1), generator=g)
+    with torch.no_grad():
+        llm_model(input_ids=ids)
+    keys = head._ragkit_lm_head_input[0, :-1].float().contiguous().numpy()
+    index = faiss.IndexFlatL2(keys.shape[1])
+    index.add(keys)
+    return index, ids[0, 1:].clone()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return {"llm": tiny_model(0), "expert": tiny_model(1), "anti": tiny_model(2), "wide": tiny_model(3, vocab=V + 16),
+            "ids": torch.randint(3, V, (1, 14), generator=torch.Generator().manual_seed(5))}
+
+
+def make_processors(t):
+    index, values = random_knn(t["llm"])
+    return {"proxy": ProxyTuningProcessor(t["expert"], t["anti"], alpha=0.7),
+            "poe": ProductOfExpertsProcessor(t["expert"], w=0.3),
+            "mixture": ProductOfExpertsProcessor(t["expert"], w=0.3, mode="mixture"),
+            "contrastive": ContrastiveProcessor(t["anti"], beta=0.5, alpha=0.1),
+            "knn": KNNLMProcessor(index, values, t["llm"], k=8, temperature=5.0, lam=0.3),
+            "proxy_padded": ProxyTuningProcessor(t["wide"], t["wide"], alpha=1.0)}
+
+
+# --- exactness -------------------------------------------------------------------------------
+
+def test_proxy_with_expert_equal_to_anti_expert_returns_the_base_scores(tiny):
+    p = ProxyTuningProcessor(tiny["expert"], tiny["expert"], alpha=1.0)
+    scores = torch.randn(1, V)
+    assert torch.equal(p(tiny["ids"], scores.clone()), scores)
+    # also with distinct objects holding the same weights (two loads of one folder)
+    import copy
+    p2 = ProxyTuningProcessor(tiny["expert"], copy.deepcopy(tiny["expert"]), alpha=2.0)
+    assert p2.shared_head
+    assert torch.equal(p2(tiny["ids"], scores.clone()), scores)
+
+
+@pytest.mark.parametrize("name", ["proxy", "poe", "mixture", "contrastive", "knn", "proxy_padded"])
+def test_cached_steps_equal_full_recompute_and_batched_path(tiny, name):
+    p = make_processors(tiny)[name]
+    ids, start = tiny["ids"], 6
+    steps = step_scores(tiny["llm"], p, ids, start)
+    # full recompute: a fresh processor (no cache) on each prefix
+    for t, got in zip(range(start, ids.shape[1] + 1), steps):
+        fresh = make_processors(tiny)[name]
+        with torch.no_grad():
+            want = fresh(ids[:, :t], tiny["llm"](input_ids=ids[:, :t]).logits[:, -1].float())
+        assert torch.allclose(got, want, atol=1e-4, equal_nan=True), (name, t)
+    batched = batched_scores(tiny["llm"], make_processors(tiny)[name], ids)
+    for t, got in zip(range(start, ids.shape[1] + 1), steps):
+        assert torch.allclose(got[0], batched[t - 1], atol=1e-4), (name, t)
+    side = getattr(p, "expert", None) or getattr(p, "small", None) or getattr(p, "amateur", None)
+    if side is not None:  # the cache grew one token per step and holds the whole sequence
+        assert side.cache.get_seq_length() == ids.shape[1]
+
+
+def test_side_cache_resets_for_a_new_sequence(tiny):
+    p = make_processors(tiny)["proxy"]
+    ids = tiny["ids"]
+    with torch.no_grad():
+        s = tiny["llm"](input_ids=ids).logits[:, -1]
+        a = p(ids, s.clone())
+        p(ids[:, :5], s.clone())  # an unrelated, shorter sequence
+        b = p(ids, s.clone())
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_batch_size_above_one_is_refused(tiny):
+    p = make_processors(tiny)["poe"]
+    with pytest.raises(AdapterError, match="batch size 1"):
+        p(tiny["ids"].repeat(2, 1), torch.zeros(2, V))
+
+
+def test_padded_vocabulary_truncates_to_the_common_width(tiny):
+    ids = tiny["ids"]
+    narrow_llm_scores = torch.randn(1, V)
+    p = ProxyTuningProcessor(tiny["wide"], tiny["anti"].__class__(tiny["wide"].config).eval(), alpha=1.0)
+    out = p(ids, narrow_llm_scores.clone())
+    assert out.shape == (1, V)  # the LLM's score width
+    wide_scores = torch.randn(1, V + 16)  # an LLM wider than the small model
+    q = ProductOfExpertsProcessor(tiny["expert"], w=0.5)
+    out = q(ids, wide_scores.clone())
+    assert out.shape == (1, V + 16)
+    lp = torch.log_softmax(wide_scores, -1)
+    assert torch.allclose(out[0, V:], lp[0, V:])  # padding columns keep the LLM's score
+
+
+def test_zero_weights_are_exact_identities(tiny):
+    ids = tiny["ids"]
+    index, values = random_knn(tiny["llm"])
+    procs = [ProxyTuningProcessor(tiny["expert"], tiny["anti"], alpha=0.0),
+             ProductOfExpertsProcessor(tiny["expert"], w=0.0), KNNLMProcessor(index, values, tiny["llm"], lam=0.0)]
+    with torch.no_grad():
+        s = tiny["llm"](input_ids=ids).logits[:, -1].float()
+    for p in procs:
+        assert torch.equal(p(ids, s.clone()), s)
+
+
+# --- the real model ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm():
+    from ragkit.llm.hf import HFCausalLM
+
+    return HFCausalLM.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def small_sibling(smollm):
+    from ragkit.adapters.train import layer_dropped_copy
+
+    return layer_dropped_copy(smollm.model, [0, 29]).eval()
+
+
+def _greedy(llm, prompt, n=8, adapters=()):
+    from ragkit.llm import GenerationConfig
+
+    llm.logits_adapters = list(adapters)
+    try:
+        return llm.generate(prompt, GenerationConfig(max_new_tokens=n)).text
+    finally:
+        llm.logits_adapters = []
+
+
+class _Fixed:
+    """A LogitsAdapter stand-in that returns a given processor factory."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def logits_processor(self, llm):
+        return self.make()
+
+
+def test_zero_weight_adapters_leave_real_greedy_generation_unchanged(smollm, small_sibling):
+    import faiss
+
+    prompt = [{"role": "user", "content": "What does the Python assert statement do?"}]
+    base = _greedy(smollm, prompt)
+    index = faiss.IndexFlatL2(smollm.model.config.hidden_size)
+    index.add(torch.randn(50, smollm.model.config.hidden_size).numpy())
+    values = torch.randint(0, 1000, (50,))
+    adapters = [_Fixed(lambda: ProxyTuningProcessor(small_sibling, smollm.model, alpha=0.0)),
+                _Fixed(lambda: ProductOfExpertsProcessor(small_sibling, w=0.0)),
+                _Fixed(lambda: KNNLMProcessor(index, values, smollm.model, lam=0.0)),
+                _Fixed(lambda: ContrastiveProcessor(small_sibling, beta=0.0, alpha=0.0))]
+    assert _greedy(smollm, prompt, adapters=adapters) == base
+    # expert == anti-expert at any alpha: also unchanged
+    assert _greedy(smollm, prompt, adapters=[_Fixed(lambda: ProxyTuningProcessor(small_sibling, small_sibling, 1.0))]) == base
+
+
+def test_knn_datastore_retrieves_the_memorised_next_token(smollm, tmp_path):
+    from ragkit.adapters.knn import build_datastore
+    from ragkit.llm.hf import resolve_llm
+
+    text = "The vault password is zebra crossing forty two. " * 3
+    path = build_datastore(resolve_llm("smollm2")[1], text, tmp_path / "kv", k=4, temperature=1.0, lam=1.0,
+                           window=64, stride=32, threads=1)
+    a = load_adapter(path)
+    assert a.kind == "knn" and a.manifest["training"]["build_tokens_per_s"] > 0
+    tok = smollm.tokenizer
+    ctx = tok("The vault password is zebra crossing", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    want = tok(" forty", add_special_tokens=False)["input_ids"][0]
+    proc = a.logits_processor(smollm)
+    with torch.no_grad():
+        scores = smollm.model(input_ids=ctx).logits[:, -1].float()
+    d, v = proc.search(proc.head._ragkit_lm_head_input[:, -1])
+    assert float(d[0, 0]) < 1e-3 and int(v[0, 0]) == want
+    assert int(proc(ctx, scores).argmax()) == want
+
+
+def test_vocabulary_mismatch_names_both_tokenizers(smollm, tmp_path):
+    other = tiny_llm_folder(tmp_path)
+    path = create("poe", tmp_path / "mismatch", {"small": str(other)}, "smollm2", {"w": 0.2})
+    a = load_adapter(path)
+    with pytest.raises(AdapterError) as e:
+        a.logits_processor(smollm)
+    msg = str(e.value)
+    assert "SmolLM2-135M-Instruct" in msg and "tiny-llm" in msg and "do not share a tokenizer" in msg
+
+
+# --- folders, manifests, training, fitting ----------------------------------------------------
+
+def test_adapter_folder_round_trip_and_manifest_errors(tmp_path):
+    llm_dir = tiny_llm_folder(tmp_path)
+    path = create("proxy", tmp_path / "ad" / "px", {"expert": str(llm_dir), "anti_expert": str(llm_dir)},
+                  str(llm_dir), {"alpha": 0.3})
+    a = load_adapter(path)
+    assert a.kind == "proxy" and a.manifest["params"]["alpha"] == 0.3
+    assert load_adapter(path, alpha=0.0).manifest["params"]["alpha"] == 0.0
+    llm = FakeLLM(tiny_model(0))
+    p = a.logits_processor(llm)
+    assert isinstance(p, ProxyTuningProcessor) and p.alpha == 0.3
+    with pytest.raises(AdapterError, match="no manifest.json"):
+        load_adapter(llm_dir)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(json.dumps({"format": "ragkit-adapter", "kind": "nope"}))
+    with pytest.raises(AdapterError, match="unknown adapter kind 'nope'"):
+        load_adapter(bad)
+    (bad / "manifest.json").write_text(json.dumps({"format": "something-else", "kind": "knn"}))
+    with pytest.raises(AdapterError, match="not a ragkit adapter manifest"):
+        load_adapter(bad)
+    (bad / "manifest.json").write_text(json.dumps({"format": "ragkit-adapter", "kind": "knn"}))
+    with pytest.raises(AdapterError, match="keys.faiss is missing"):
+        load_adapter(bad).logits_processor(llm)
+    with pytest.raises(AdapterError, match="needs the model"):
+        create("proxy", tmp_path / "x", {"expert": str(llm_dir)}, "tiny")
+
+
+def test_training_distill_full_lora_resume_and_fit(tmp_path):
+    from ragkit.adapters.fit import fit
+    from ragkit.adapters.train import distill, finetune, load_causal_lm
+
+    llm_dir = tiny_llm_folder(tmp_path)
+    text = tiny_text()
+    small = distill(str(llm_dir), text, tmp_path / "small", layers=1, steps=4, block=16, batch=2, threads=1,
+                    save_every=2, progress=False)
+    m = load_adapter(small).manifest
+    assert m["kind"] == "distill" and m["training"]["layers"] == [1] and (small / "model.safetensors").is_file()
+    # resume: a checkpoint at step 2 is picked up by a run of 4 steps
+    ck = finetune(str(small), text, tmp_path / "exp", kind="full", steps=2, block=16, batch=2, threads=1,
+                  save_every=1, progress=False)
+    assert not (ck / "checkpoint").exists()
+    (tmp_path / "exp2").mkdir()
+    import shutil
+    finetune(str(small), text, tmp_path / "exp3", kind="full", steps=3, block=16, batch=2, threads=1, save_every=2,
+             progress=False)
+    out = tmp_path / "exp4"
+    # simulate an interrupted run: train 2 steps saving a checkpoint, then copy it into a new folder
+    from ragkit.adapters import train as tr
+    orig = tr.write_adapter
+    tr.write_adapter = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            finetune(str(small), text, out, kind="full", steps=3, block=16, batch=2, threads=1, save_every=2,
+                     progress=False)
+    finally:
+        tr.write_adapter = orig
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
+    resumed = finetune(str(small), text, out, kind="full", steps=3, block=16, batch=2, threads=1, save_every=2,
+                       progress=False)
+    assert load_adapter(resumed).manifest["training"]["resumed_from_step"] == 2
+    a3, a4 = load_causal_lm(tmp_path / "exp3")[0], load_causal_lm(resumed)[0]
+    for (n, p3), (_, p4) in zip(a3.named_parameters(), a4.named_parameters()):
+        assert torch.allclose(p3, p4, atol=1e-6), n  # resumed == uninterrupted
+    shutil.rmtree(tmp_path / "exp2")
+    lora = finetune(str(llm_dir), text, tmp_path / "lora", kind="lora", steps=2, block=16, batch=2, lora_r=2,
+                    threads=1, progress=False)
+    assert load_causal_lm(lora)[0].config.vocab_size == V
+    # fit: the grid includes 0, so the fitted adapter is never worse than the LLM on the slice
+    px = create("proxy", tmp_path / "px", {"expert": str(ck), "anti_expert": str(small)}, str(llm_dir))
+    from ragkit.llm.hf import HFCausalLM
+    llm = HFCausalLM.from_pretrained(str(llm_dir))
+    r = fit(px, text[:800], llm=llm, window=32, stride=16)
+    assert r["ppl"] <= r["base_ppl"] + 1e-6 and 0.0 in [g["alpha"] for g in r["grid"]]
+    assert load_adapter(px).manifest["params"]["alpha"] == r["params"]["alpha"]
+    ppl = perplexities(llm, text[:800], {"base": [], "px": [load_adapter(px).logits_processor(llm)]}, 32, 16)
+    assert abs(ppl["px"] - r["ppl"]) < 1e-3 * r["ppl"]
+
+
+def test_domain_split_has_no_leaks():
+    from ragkit.adapters.domain import overlap_report, python_docs_topics, split_docs
+
+    docs = python_docs_topics()
+    s = split_docs(docs)
+    assert not set(s["train"]) & set(s["test"]) and not set(s["valid"]) & set(s["test"])
+    join = lambda names: "\n\n".join(docs[n] for n in names)  # noqa: E731
+    rep = overlap_report(join(s["train"]), join(s["test"]))
+    assert rep["long_lines_in_train"] == 0 and rep["shared_ngram_share"] < 0.01
