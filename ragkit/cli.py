@@ -211,10 +211,11 @@ def ask(
     llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder (backend hf), or the endpoint's model."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer, in tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole answer (text, sources, citations) as JSON."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a", help="Domain adapter (name under adapters/ or folder); repeat to stack. Added after the config's adapters."),
 ) -> None:
     """Answer a question from an index with an LLM, streaming the answer, then its cited sources."""
     try:
-        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens)
+        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapter)
         stream = pipeline.stream(question)
         for piece in stream:
             if not as_json:
@@ -228,12 +229,22 @@ def ask(
     _print_sources(answer)
 
 
-def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens):
-    """A Pipeline from an optional YAML file plus command-line overrides."""
-    from .config import PipelineConfig
-    from .pipeline import Pipeline
+def _config_with_adapters(config_file, adapters):
+    """The YAML config (or defaults) with the command line's --adapter entries appended."""
+    from .config import PipelineConfig, adapter_specs
 
     config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
+    if adapters:
+        adapter_specs(list(adapters), "--adapter")
+        config.adapters = list(config.adapters or []) + list(adapters)
+    return config
+
+
+def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapters=None):
+    """A Pipeline from an optional YAML file plus command-line overrides."""
+    from .pipeline import Pipeline
+
+    config = _config_with_adapters(config_file, adapters)
     if index_dir:
         config.index = str(index_dir)
     if k:
@@ -265,6 +276,9 @@ def _print_sources(answer) -> None:
                   f"chars {s.start}-{s.end}{' (cut)' if s.truncated else ''}  {mark}", soft_wrap=True)
     if answer.dropped:
         out.print(f"  [yellow]left out for the context budget:[/] {', '.join(answer.dropped)}")
+    if answer.knowledge:
+        out.print(f"[bold]Background knowledge[/] (from domain adapters {', '.join(answer.adapters)}; may be wrong):")
+        out.print(escape(answer.knowledge), highlight=False, soft_wrap=True)
     if answer.unknown_citations:
         out.print(f"  [yellow]cited numbers with no source:[/] {answer.unknown_citations}")
 
@@ -277,10 +291,11 @@ def chat(
     retriever: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
     llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder, or the endpoint's model."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer, in tokens."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a", help="Domain adapter (name under adapters/ or folder); repeat to stack. Added after the config's adapters."),
 ) -> None:
     """Interactive questions and answers; earlier turns stay in the conversation. Ctrl-D or 'exit' ends."""
     try:
-        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens)
+        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapter)
     except (RagkitError, ValueError) as e:
         _fail(e)
     history: list[dict] = []
@@ -311,25 +326,34 @@ def eval_qa(
     data_dir: Path = typer.Argument(..., help="BEIR folder with answers.jsonl (e.g. pubmedqa_labeled)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML (LLM, k, retriever, index)."),
-    conditions: str = typer.Option("closed,retrieval,gold", help="Comma-separated: closed, retrieval, gold."),
+    conditions: Optional[str] = typer.Option(None, help="Comma-separated: closed, retrieval, gold, knowledge, "
+                                             "knowledge_unfiltered, closed_knowledge (default: closed,retrieval,gold; "
+                                             "with --adapter: closed,retrieval,knowledge,knowledge_unfiltered)."),
     split: str = typer.Option("test", help="qrels split whose questions are asked."),
     limit: Optional[int] = typer.Option(None, help="Ask only the first N questions."),
     explain_tokens: int = typer.Option(48, help="Tokens of free answer generated per question for the groundedness "
                                                 "judge (0: accuracy only)."),
+    llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder (backend hf), or the endpoint's model."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a", help="Domain adapter (name under adapters/ or folder); repeat to stack. Added after the config's adapters."),
 ) -> None:
-    """QA accuracy with no retrieval, with retrieval and with gold passages, plus groundedness."""
-    from .config import PipelineConfig
+    """QA accuracy with no retrieval, with retrieval and with gold passages, plus groundedness; with
+    --adapter, also with the black-box knowledge section (filtered and unfiltered)."""
     from .evaluate_qa import evaluate_qa
     from .pipeline import Pipeline
 
     try:
-        config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
+        config = _config_with_adapters(config_file, adapter)
+        if llm:
+            config.llm.model = llm
         with err.status("loading models"):
             pipeline = Pipeline.from_config(config)
-        res = evaluate_qa(data_dir, pipeline, split, _split(conditions), limit, explain_tokens, show_progress=True)
+        res = evaluate_qa(data_dir, pipeline, split, _split(conditions) if conditions else None, limit, explain_tokens,
+                          show_progress=True)
     except (RagkitError, ValueError) as e:
         _fail(e)
-    res = {"llm": pipeline.llm.model_id, "k": config.retrieval.k, "conditions": res}
+    res = {"llm": pipeline.llm.model_id, "k": config.retrieval.k,
+           **({"adapters": [a.describe() for a in pipeline.adapters]} if pipeline.adapters else {}),
+           "conditions": res}
     t = Table(title=f"{data_dir.name} ({split}) · {pipeline.llm.model_id}")
     for col in ["condition", "questions", "accuracy / F1", "groundedness", "seconds"]:
         t.add_column(col)
@@ -389,15 +413,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind; loopback by default."),
     port: int = typer.Option(8000, help="Port to listen on."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a", help="Domain adapter (name under adapters/ or folder); repeat to stack. Added after the config's adapters."),
 ) -> None:
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models,
     /v1/retrieve, /healthz. Set the variable named by server.api_key_env (RAGKIT_API_KEY) to require a key."""
-    from .config import PipelineConfig
-
     try:
         from .server import serve as run_server
 
-        config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
+        config = _config_with_adapters(config_file, adapter)
         if index_dir:
             config.index = str(index_dir)
         if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(config.server.api_key_env or ""):

@@ -6,6 +6,7 @@
     generation: {max_new_tokens: 256, temperature: 0.0}
     prompt: {system: "...", template: "..."}
     server: {api_key_env: RAGKIT_API_KEY, max_tokens: 1024}   # ragkit serve
+    adapters: [pubmedqa-knowledge, {adapter: pydocs-proxy, alpha: 0.2}]   # domain adapters, stacked
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ DEFAULT_SYSTEM = ("You answer questions using only the numbered sources. Cite ev
                   "number in square brackets, like [1]. If the sources do not contain the answer, say so.")
 DEFAULT_TEMPLATE = "Sources:\n\n{sources}\n\nQuestion: {question}"
 SOURCE_TEMPLATE = "[{n}] {title} ({source})\n{text}"
+KNOWLEDGE_HEADER = "Background knowledge (from a domain model; may be wrong):"
 
 
 class ConfigError(RagkitError):
@@ -61,6 +63,11 @@ class PromptConfig:
     # its most similar source (the index's encoder, cosine >= attribute_min_similarity) and those
     # source numbers are appended to the answer; Answer.attributions says which. 0 or less: off.
     attribute_min_similarity: float = 0.5
+    # Black-box domain adapters (ragkit.adapters.PromptAdapter) write a knowledge section, put
+    # before the sources under this header (or where the template says {knowledge}); it takes at
+    # most knowledge_max_tokens of the context budget (cut at a token boundary).
+    knowledge_header: str = KNOWLEDGE_HEADER
+    knowledge_max_tokens: int = 256
 
 
 @dataclass
@@ -82,10 +89,19 @@ class PipelineConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    # domain adapters, applied in order: a name under adapters/ or a folder path, or a mapping
+    # {adapter: NAME, <param>: value} whose other keys override the adapter's fitted params
+    adapters: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> "PipelineConfig":
-        return _build(cls, data or {}, where)
+        config = _build(cls, data or {}, where)
+        adapter_specs(config.adapters, f"{where}.adapters")
+        return config
+
+    def adapter_specs(self) -> list[tuple[str, dict]]:
+        """The `adapters` entries as (name or path, param overrides)."""
+        return adapter_specs(self.adapters)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PipelineConfig":
@@ -102,6 +118,34 @@ class PipelineConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def adapter_specs(entries: Any, where: str = "adapters") -> list[tuple[str, dict]]:
+    """Check and normalise an `adapters:` list: each entry a non-empty string, or a mapping with an
+    `adapter` key (the name or path) and parameter overrides."""
+    if entries is None:
+        return []
+    if isinstance(entries, (str, dict)):
+        entries = [entries]
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: expected a list of adapter names or mappings, got {type(entries).__name__}")
+    out = []
+    for i, e in enumerate(entries):
+        if isinstance(e, str) and e.strip():
+            out.append((e.strip(), {}))
+        elif isinstance(e, dict):
+            name = e.get("adapter")
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"{where}[{i}]: a mapping entry needs 'adapter: NAME_OR_PATH' "
+                                  f"(got keys {', '.join(map(str, e)) or 'none'})")
+            bad = [k for k in e if not isinstance(k, str)]
+            if bad:
+                raise ConfigError(f"{where}[{i}]: parameter names must be strings, got {bad}")
+            out.append((name.strip(), {k: v for k, v in e.items() if k != "adapter"}))
+        else:
+            raise ConfigError(f"{where}[{i}]: expected an adapter name or a mapping "
+                              f"{{adapter: NAME, param: value}}, got {e!r}")
+    return out
 
 
 def _build(cls, data: dict, where: str):

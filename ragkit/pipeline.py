@@ -1,5 +1,10 @@
 """`ragkit.Pipeline`: retrieve → pack numbered sources within the context budget → generate → an
-answer whose `[n]` citations map to the sources (doc id, title, source path, chunk offsets)."""
+answer whose `[n]` citations map to the sources (doc id, title, source path, chunk offsets).
+
+Domain adapters (`ragkit.adapters`) attach to a pipeline and stack: white-box `LogitsAdapter`s go
+onto the local LLM's `logits_adapters` (a transformers LogitsProcessor each, applied in order on
+every generation); black-box `PromptAdapter`s write a knowledge section that `pack` puts before
+the sources, within the context budget, and that `Answer.knowledge` reports."""
 from __future__ import annotations
 
 import re
@@ -36,6 +41,17 @@ class Source:
 
 
 @dataclass
+class Packed:
+    """A prompt ready for the LLM: messages, the numbered sources, dropped chunk ids, and the
+    knowledge section's text as packed (possibly cut; "" when none)."""
+
+    messages: list[Message]
+    sources: list[Source]
+    dropped: list[str]
+    knowledge: str = ""
+
+
+@dataclass
 class Answer:
     question: str
     text: str
@@ -47,6 +63,8 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    knowledge: str = ""                          # the knowledge section the prompt held (prompt adapters)
+    adapters: list[str] = field(default_factory=list)  # names of the adapters attached to the pipeline
 
     @property
     def attributed(self) -> list[int]:
@@ -113,9 +131,11 @@ def attribute(encoder, text: str, sources: list[Source], min_similarity: float) 
     return out
 
 
-def load_reranker(name: str | None):
-    """None, or a reranker: "maxsim" (late interaction over the packaged MiniLM's token embeddings)
-    or "maxsim:MODEL" (any sentence-transformers model, hub id or local folder)."""
+def load_reranker(name: str | None, index: Index | None = None):
+    """None, or a reranker: "maxsim" (late interaction over the packaged MiniLM's token embeddings),
+    "maxsim:MODEL" (any sentence-transformers model, hub id or local folder), "colbert" (the index's
+    ColBERT checkpoint and stored token vectors, else the untrained MiniLM ColBERT) or
+    "colbert:CHECKPOINT" (a ColBERT checkpoint folder)."""
     if not name:
         return None
     kind, _, model = name.partition(":")
@@ -123,21 +143,73 @@ def load_reranker(name: str | None):
         from .rerank import MaxSimReranker
 
         return MaxSimReranker(model or "default")
-    raise RagkitError(f"unknown retrieval.rerank {name!r}; choose maxsim or maxsim:MODEL")
+    if kind == "colbert":
+        from .rerank import ColBERTReranker
+
+        return ColBERTReranker(model or "default", index=index)
+    raise RagkitError(f"unknown retrieval.rerank {name!r}; choose maxsim, maxsim:MODEL, colbert or colbert:CHECKPOINT")
+
+
+def load_adapters(config: PipelineConfig) -> list:
+    """The adapters a configuration lists, loaded in order (`ragkit.adapters.load_adapter`)."""
+    from .adapters import load_adapter
+
+    return [load_adapter(name, **overrides) for name, overrides in config.adapter_specs()]
+
+
+def attach_adapters(llm: LLM, adapters: list) -> None:
+    """Put the white-box adapters onto `llm.logits_adapters`; a backend without local logits (a
+    remote endpoint) fails with a message naming the adapter. Prompt adapters need nothing here."""
+    from .adapters import AdapterError, LogitsAdapter, PromptAdapter
+
+    for a in adapters:
+        if isinstance(a, LogitsAdapter):
+            if not isinstance(getattr(llm, "logits_adapters", None), list):
+                raise AdapterError(
+                    f"adapter {a.name!r} (kind {a.kind}) adjusts the LLM's logits at decode time and needs a local "
+                    f"transformers model (llm.backend: hf); {getattr(llm, 'model_id', '') or type(llm).__name__} is "
+                    f"a {type(llm).__name__} without local logits. Black-box adapters (kind knowledge) work with "
+                    "any backend.")
+            if a not in llm.logits_adapters:
+                llm.logits_adapters.append(a)
+        elif not isinstance(a, PromptAdapter):
+            raise AdapterError(f"{a!r} is neither a PromptAdapter nor a LogitsAdapter")
 
 
 class Pipeline:
     """Retrieval-augmented generation over a ragkit index with any LLM backend."""
 
-    def __init__(self, index: Index | None, llm: LLM, config: PipelineConfig | None = None, reranker=None) -> None:
+    def __init__(self, index: Index | None, llm: LLM, config: PipelineConfig | None = None, reranker=None,
+                 adapters: list | None = None) -> None:
         self.index, self.llm = index, llm
         self.config = config or PipelineConfig()
         self.reranker = reranker  # anything with rerank(query, hits, k): see ragkit.rerank
+        self.adapters: list = []
+        self.add_adapters(adapters or [])
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "Pipeline":
         index = Index.load(config.index) if config.index else None
-        return cls(index, load_llm(config.llm), config, load_reranker(config.retrieval.rerank))
+        llm = load_llm(config.llm)
+        return cls(index, llm, config, load_reranker(config.retrieval.rerank, index), load_adapters(config))
+
+    # -- adapters -------------------------------------------------------------------------------
+    def add_adapters(self, adapters: list) -> None:
+        """Attach adapters (loaded `ragkit.adapters.Adapter`s), after the ones already attached."""
+        attach_adapters(self.llm, adapters)
+        self.adapters += list(adapters)
+
+    @property
+    def prompt_adapters(self) -> list:
+        from .adapters import PromptAdapter
+
+        return [a for a in self.adapters if isinstance(a, PromptAdapter)]
+
+    def knowledge(self, question: str, hits: list[Hit] | None = None) -> str:
+        """The prompt adapters' background text for `question` (given the retrieved `hits`), one
+        adapter's text after another; "" when there are none or they have nothing."""
+        texts = [a.knowledge(question, hits) for a in self.prompt_adapters]
+        return "\n".join(t.strip() for t in texts if t and t.strip())
 
     # -- steps ----------------------------------------------------------------------------------
     def retrieve(self, question: str, k: int | None = None, retriever: str | None = None) -> list[Hit]:
@@ -152,11 +224,16 @@ class Pipeline:
         return self.reranker.rerank(question, candidates, k)
 
     def _messages(self, question: str, sources_text: str, history: list[Message] | None = None,
-                  system: str | None = None) -> list[Message]:
+                  system: str | None = None, knowledge: str = "") -> list[Message]:
         p = self.config.prompt
         system = p.system if not system else f"{p.system}\n\n{system}"
-        return [{"role": "system", "content": system}, *(history or []),
-                {"role": "user", "content": p.template.format(sources=sources_text, question=question)}]
+        section = f"{p.knowledge_header}\n{knowledge}" if knowledge else ""
+        if "{knowledge}" in p.template:
+            user = p.template.format(sources=sources_text, question=question, knowledge=section)
+        else:
+            user = p.template.format(sources=sources_text, question=question)
+            user = f"{section}\n\n{user}" if section else user
+        return [{"role": "system", "content": system}, *(history or []), {"role": "user", "content": user}]
 
     def _fit(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` that is at most `max_tokens` tokens, cut between tokens."""
@@ -168,20 +245,33 @@ class Pipeline:
         return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]] if max_tokens > 0 else ""
 
     def pack(self, question: str, hits: list[Hit], gen: GenerationConfig | None = None,
-             history: list[Message] | None = None, system: str | None = None
+             history: list[Message] | None = None, system: str | None = None, knowledge: str | None = None
              ) -> tuple[list[Message], list[Source], list[str]]:
+        """Number the hits as sources, in rank order, within the context budget: (messages, sources,
+        dropped chunk ids). `prepare` does the same and also reports the knowledge section."""
+        p = self.prepare(question, hits, gen, history, system, knowledge)
+        return p.messages, p.sources, p.dropped
+
+    def prepare(self, question: str, hits: list[Hit], gen: GenerationConfig | None = None,
+                history: list[Message] | None = None, system: str | None = None,
+                knowledge: str | None = None) -> Packed:
         """Number the hits as sources, in rank order, within the context budget.
 
         Budget = context window − max new tokens − the prompt without sources. A source that does
         not fit whole is cut at a token boundary, or dropped when fewer than `min_source_tokens`
         would remain; dropped chunk ids are returned. `history` (earlier chat turns) counts against
         the budget: its oldest turns are left out first when it does not fit. `system` is added to
-        the configured system prompt.
+        the configured system prompt. `knowledge` is the prompt adapters' text (None: asked of them
+        here, "": no section); its section comes before the sources and takes at most
+        `prompt.knowledge_max_tokens` (and half the budget left after the question), cut at a token
+        boundary.
         """
         gen = gen or self.config.generation
         p = self.config.prompt
         count = self.llm.count_tokens
         history = list(history or [])
+        if knowledge is None:
+            knowledge = self.knowledge(question, hits)
         overhead = count(self._render(self._messages(question, "", history, system))) + 8  # template tokens, separators
         while history and self.llm.context_window - gen.max_new_tokens - overhead < p.min_source_tokens * 4:
             history = history[2:]  # forget the oldest question/answer pair
@@ -191,6 +281,12 @@ class Pipeline:
             raise PromptTooLongError(
                 f"the question is too long: the prompt needs {overhead} tokens plus {gen.max_new_tokens} to answer, "
                 f"but {self.llm.model_id} has a context of {self.llm.context_window} tokens")
+        if knowledge:
+            room = min(p.knowledge_max_tokens, budget // 2) - count(p.knowledge_header) - 4
+            knowledge = self._fit(knowledge, room).rstrip() if room > 0 else ""
+            if knowledge:
+                with_section = count(self._render(self._messages(question, "", history, system, knowledge))) + 8
+                budget -= with_section - overhead
         sources, dropped, blocks = [], [], []
         for hit in hits:
             n = len(sources) + 1
@@ -207,7 +303,8 @@ class Pipeline:
             blocks.append(block)
             sources.append(Source(n, hit.chunk_id, hit.doc_id, hit.title, hit.source, hit.start,
                                   hit.start + len(text), text, hit.score, truncated))
-        return self._messages(question, "\n\n".join(blocks), history, system), sources, dropped
+        return Packed(self._messages(question, "\n\n".join(blocks), history, system, knowledge), sources, dropped,
+                      knowledge)
 
     def _render(self, messages: list[Message]) -> str:
         render = getattr(self.llm, "render", None)
@@ -243,8 +340,14 @@ class AnswerStream:
         t0 = time.perf_counter()
         self.hits = pipeline.retrieve(question, k, retriever)
         t1 = time.perf_counter()
-        self.messages, self.sources, self.dropped = pipeline.pack(question, self.hits, gen, history, system)
-        self.timings = {"retrieve_s": t1 - t0, "pack_s": time.perf_counter() - t1}
+        knowledge = pipeline.knowledge(question, self.hits)
+        t2 = time.perf_counter()
+        packed = pipeline.prepare(question, self.hits, gen, history, system, knowledge)
+        self.messages, self.sources, self.dropped, self.knowledge = (packed.messages, packed.sources, packed.dropped,
+                                                                     packed.knowledge)
+        self.timings = {"retrieve_s": t1 - t0, "pack_s": time.perf_counter() - t2}
+        if pipeline.prompt_adapters:
+            self.timings["knowledge_s"] = t2 - t1
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -272,4 +375,4 @@ class AnswerStream:
         self.timings.update(generate_s=time.perf_counter() - t0, first_token_s=first or 0.0)
         self.answer = Answer(self.question, text, self.sources, citations, self.dropped, unknown, attributions,
                              llm.count_tokens(prompt), llm.count_tokens(model_text) if model_text else 0,
-                             self.timings)
+                             self.timings, self.knowledge, [a.name for a in self.pipeline.adapters])

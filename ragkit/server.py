@@ -9,6 +9,10 @@ overrides it with an extension field, `"ragkit": {"retrieval": false, "k": 3, "r
 (with the official client: `extra_body={"ragkit": {...}}`). Answers carry `[n]` citations in their
 text and the numbered sources in the response's `ragkit` field (in the last chunk when streaming).
 
+Domain adapters from the config's `adapters:` (or `ragkit serve --adapter NAME`) apply to every
+answer with retrieval; `/v1/models` lists them under the chat model's `ragkit` field and answers
+report the knowledge section (black-box adapters) in theirs.
+
 Concurrency: one model instance serves every request. Generation is serialised (the backend holds
 a lock while it decodes, so streams never mix); retrieval, embeddings and request parsing run
 concurrently in the worker thread pool. Security: binds to loopback unless told otherwise; when
@@ -237,7 +241,8 @@ class RagkitServer:
             return {"sources": [_source(s, s.n in cited) for s in stream.sources], "citations": answer.citations,
                     "attributed": answer.attributions, "unknown_citations": answer.unknown_citations,
                     "dropped": stream.dropped,
-                    "retrieve_ms": round(stream.timings["retrieve_s"] * 1000, 2)}
+                    "retrieve_ms": round(stream.timings["retrieve_s"] * 1000, 2),
+                    **({"knowledge": answer.knowledge, "adapters": answer.adapters} if answer.adapters else {})}
         return _Run(iter(stream), extension, lambda: _count(llm, stream.messages), llm)
 
 
@@ -333,15 +338,18 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
     @app.get("/healthz")
     def healthz() -> dict:
         index = state.pipeline.index
-        return {"status": "ok", "model": state.model_name,
+        return {"status": "ok", "model": state.model_name, "adapters": [a.name for a in state.pipeline.adapters],
                 "index": None if index is None else {**index.manifest()["counts"],
                                                      "retrievers": index.retriever_names}}
 
     @app.get("/v1/models")
     def models(request: Request) -> dict:
         state.check_key(request)
+        chat = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "ragkit"}
+        if state.pipeline.adapters:  # the domain adapters every answer goes through
+            chat["ragkit"] = {"adapters": [a.describe() for a in state.pipeline.adapters]}
         return {"object": "list", "data": [
-            {"id": state.model_name, "object": "model", "created": 0, "owned_by": "ragkit"},
+            chat,
             {"id": state.embedding_model, "object": "model", "created": 0, "owned_by": "ragkit"}]}
 
     @app.post("/v1/chat/completions")

@@ -303,9 +303,13 @@ class HFCausalLM(LLM):
             raise errors[0]
 
     def next_token_logits(self, prompt: Prompt):
-        """Logits over the vocabulary for the token after `prompt` (1-D float tensor)."""
+        """Logits over the vocabulary for the token after `prompt` (1-D float tensor); the attached
+        `logits_adapters` apply too (a fresh processor each, on the final position's scores)."""
         import torch
 
         ids = self.encode_prompt(prompt)
         with _torch_threads(self.prefill_threads or self.threads), torch.inference_mode():
-            return self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+            scores = self.model(input_ids=ids, logits_to_keep=1).logits[:, -1].float()
+            for adapter in self.logits_adapters:
+                scores = adapter.logits_processor(self)(ids, scores)
+            return scores[0]
