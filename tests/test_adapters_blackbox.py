@@ -266,3 +266,19 @@ def test_cli_eval_qa_and_ask_with_an_adapter(qa_folder, tmp_path):
     assert res["adapters"][0]["kind"] == "knowledge" and res["conditions"]["knowledge"]["questions"] == 1
     r = CliRunner().invoke(app, ["ask", QUESTION, "--adapter", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no adapter" in r.output
+
+
+def test_llama_index_knowledge_postprocessor_adds_one_labelled_node(index):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import QueryBundle
+
+    from ragkit.integrations.llama_index import RagkitKnowledgePostprocessor, RagkitRetriever
+
+    nodes = RagkitRetriever(index, k=2).retrieve(QUESTION)
+    static = StaticKnowledge("- Aspirin inhibits platelets.", name="kn")
+    out = RagkitKnowledgePostprocessor(static).postprocess_nodes(nodes, QueryBundle(QUESTION))
+    assert len(out) == 3 and out[1:] == nodes and out[0].node.metadata["ragkit_knowledge"] is True
+    assert out[0].node.get_content().startswith(KNOWLEDGE_HEADER) and "platelets" in out[0].node.get_content()
+    assert RagkitKnowledgePostprocessor(StaticKnowledge("")).postprocess_nodes(nodes, QueryBundle(QUESTION)) == nodes
+    with pytest.raises(ValueError, match="not a black-box"):
+        RagkitKnowledgePostprocessor(BanToken(1))

@@ -9,8 +9,11 @@
 - `RagkitLLM` (`CustomLLM`): any ragkit LLM backend (local transformers model, OpenAI-compatible
   endpoint), streaming included; chat messages go through the model's own chat template.
 - `RagkitRerankPostprocessor` (`BaseNodePostprocessor`): reorders nodes with any ragkit reranker
-  (default: MaxSim late interaction over the packaged MiniLM). Black-box knowledge injection will be
-  another postprocessor when ragkit's domain adapters land.
+  (default: MaxSim late interaction over the packaged MiniLM).
+- `RagkitKnowledgePostprocessor` (`BaseNodePostprocessor`): black-box domain knowledge — a ragkit
+  prompt adapter (e.g. kind `knowledge`: a small domain model's filtered background passages for the
+  query, checked against the retrieved nodes) adds one extra node, first, labelled "Background
+  knowledge (from a domain model; may be wrong)" with `metadata["ragkit_knowledge"] = True`.
 
 Everything runs offline: the LLM is always passed explicitly (llama-index's global default is
 OpenAI), and llama-index counts prompt tokens with the tiktoken encoding it ships.
@@ -172,13 +175,59 @@ class RagkitRerankPostprocessor(BaseNodePostprocessor):
         return out
 
 
+class RagkitKnowledgePostprocessor(BaseNodePostprocessor):
+    """Adds a ragkit prompt adapter's background knowledge for the query as one extra node, first
+    (nothing when the adapter's filter keeps no passage). `adapter`: a loaded PromptAdapter or an
+    adapter name / folder (`ragkit.adapters.load_adapter`)."""
+
+    score: float = Field(default=1.0, description="Score given to the knowledge node.")
+    _adapter: Any = PrivateAttr()
+
+    def __init__(self, adapter: Any, score: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(score=score, **kwargs)
+        if isinstance(adapter, (str, Path)):
+            from ..adapters import load_adapter
+
+            adapter = load_adapter(adapter)
+        from ..adapters import PromptAdapter
+
+        if not isinstance(adapter, PromptAdapter):
+            raise ValueError(f"{adapter!r} is not a black-box (prompt) adapter; white-box adapters attach to the LLM: "
+                             "llm.logits_adapters")
+        self._adapter = adapter
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RagkitKnowledgePostprocessor"
+
+    def _postprocess_nodes(self, nodes: list[NodeWithScore],
+                           query_bundle: Optional[QueryBundle] = None) -> list[NodeWithScore]:
+        if query_bundle is None:
+            raise ValueError("knowledge injection needs the query")
+        from ..config import KNOWLEDGE_HEADER
+
+        hits = [node_to_hit(n, r) for r, n in enumerate(nodes, start=1)]
+        text = self._adapter.knowledge(query_bundle.query_str, hits)
+        if not text or not text.strip():
+            return list(nodes)
+        node = TextNode(text=f"{KNOWLEDGE_HEADER}\n{text.strip()}",
+                        metadata={"ragkit_knowledge": True, "adapter": self._adapter.name, "title": "background knowledge"},
+                        excluded_llm_metadata_keys=["ragkit_knowledge", "adapter", "title"],
+                        excluded_embed_metadata_keys=["ragkit_knowledge", "adapter", "title"])
+        return [NodeWithScore(node=node, score=self.score), *nodes]
+
+
 def query_engine(index: Index | str | Path, llm: LLM | RagkitLLM | None = None, k: int = 5,
                  retriever: str | None = None, reranker: Any = None, rerank_candidates: int = 20,
-                 streaming: bool = False, max_new_tokens: int = 256, **kwargs: Any) -> RetrieverQueryEngine:
+                 streaming: bool = False, max_new_tokens: int = 256, knowledge: Any = None,
+                 **kwargs: Any) -> RetrieverQueryEngine:
     """A llama-index query engine: ragkit retrieval (optionally reranked) answered by a ragkit LLM.
-    With a reranker, `rerank_candidates` hits are retrieved and the best `k` kept."""
+    With a reranker, `rerank_candidates` hits are retrieved and the best `k` kept. `knowledge`: a
+    prompt adapter (or its name / folder) whose background knowledge is added as an extra node."""
     if not isinstance(llm, RagkitLLM):
         llm = RagkitLLM(llm, max_new_tokens=max_new_tokens)
     post = [RagkitRerankPostprocessor(reranker, top_n=k)] if reranker is not None else []
+    if knowledge is not None:
+        post.append(RagkitKnowledgePostprocessor(knowledge))
     base = RagkitRetriever(index, k=max(k, rerank_candidates) if post else k, retriever=retriever)
     return RetrieverQueryEngine.from_args(base, llm=llm, node_postprocessors=post, streaming=streaming, **kwargs)
