@@ -402,6 +402,10 @@ def eval_(
         out.print(f"wrote {json_out}")
 
 
+from .cli_adapter import adapter_app  # noqa: E402 - `ragkit adapter ...` (white-box domain adapters)
+
+app.add_typer(adapter_app, name="adapter")
+
 if __name__ == "__main__":  # pragma: no cover
     app(sys.argv[1:])
 

@@ -236,10 +236,9 @@ def test_zero_weight_adapters_leave_real_greedy_generation_unchanged(smollm, sma
 
 def test_knn_datastore_retrieves_the_memorised_next_token(smollm, tmp_path):
     from ragkit.adapters.knn import build_datastore
-    from ragkit.llm.hf import resolve_llm
 
     text = "The vault password is zebra crossing forty two. " * 3
-    path = build_datastore(resolve_llm("smollm2")[1], text, tmp_path / "kv", k=4, temperature=1.0, lam=1.0,
+    path = build_datastore("smollm2", text, tmp_path / "kv", k=4, temperature=1.0, lam=1.0,
                            window=64, stride=32, threads=1)
     a = load_adapter(path)
     assert a.kind == "knn" and a.manifest["training"]["build_tokens_per_s"] > 0

@@ -16,6 +16,7 @@ system is run `repeats` times in alternating order and the median is kept; ratio
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import statistics
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from .base import Adapter, load_adapter
 from .knn import window_positions
 from .logits import capture_lm_head_input
+
+# manifest param name -> processor attribute
+ATTRS = {"alpha": "alpha", "w": "w", "beta": "beta", "lambda": "lam", "temperature": "temperature"}
 
 
 def load_llm(ref: Any):
@@ -93,6 +97,11 @@ def combine_chain(processors: Sequence[Any], scores: torch.Tensor, sides: Sequen
     return scores
 
 
+def side_key(p: Any) -> int:
+    """Processors copied to hold other params share their side models: score those once."""
+    return p.__dict__.setdefault("side_key", id(p))
+
+
 def slice_side(side: Any, lo: int, hi: int) -> Any:
     if side is None:
         return None
@@ -110,14 +119,14 @@ def perplexities(llm: Any, text: str, systems: dict[str, list[Any]], window: int
 
     scorer = WindowScorer(llm, text, window, stride, max_tokens, threads)
     nll = {name: 0.0 for name in list(systems) + list(extra_models or {})}
-    procs = {id(p): p for ps in systems.values() for p in ps}
+    procs = {side_key(p): p for ps in systems.values() for p in ps}
 
     with progress_bar("perplexity", len(scorer.windows), progress) as advance:
         def cb(x, logits, hidden, lo, targets):
             sides = {k: p.batched_side(x, hidden) for k, p in procs.items()}
             hi = x.shape[1] - 1
             for name, ps in systems.items():
-                s = combine_chain(ps, logits[lo:hi], [slice_side(sides[id(p)], lo, hi) for p in ps])
+                s = combine_chain(ps, logits[lo:hi], [slice_side(sides[side_key(p)], lo, hi) for p in ps])
                 nll[name] += target_nll(s, targets)
             for name, m in (extra_models or {}).items():
                 nll[name] += target_nll(m(input_ids=x, use_cache=False).logits[0, lo:hi], targets)
@@ -188,12 +197,25 @@ def evaluate(adapters: Sequence[Any], text: str, llm: Any = "smollm2", lora: Any
     loaded = [as_adapter(a) for a in adapters]
     names = [a.name for a in loaded]
     procs = [a.logits_processor(llm) for a in loaded]
+    for p in procs:
+        side_key(p)
     systems: dict[str, list[Any]] = {"base": []}
     for n, p in zip(names, procs):
         systems[n] = [p]
     stacked_name = "+".join(names)
+    stacked_adapters = list(loaded)
     if stack and len(loaded) > 1:
-        systems[stacked_name] = procs
+        # an adapter fitted for this stack (`fit --stack-on`) uses its params_stacked entry there
+        stack_procs = list(procs)
+        for i in range(1, len(loaded)):
+            ps = loaded[i].manifest.get("params_stacked", {}).get("+".join(names[:i + 1]))
+            if ps:
+                q = copy.copy(procs[i])
+                for k, v in ps.items():
+                    setattr(q, ATTRS.get(k, k), v)
+                stack_procs[i] = q
+                stacked_adapters[i] = as_adapter(loaded[i].path, **ps)
+        systems[stacked_name] = stack_procs
     extra = {}
     if lora is not None:
         lora_model = load_causal_lm(str(lora))[0]
@@ -213,14 +235,14 @@ def evaluate(adapters: Sequence[Any], text: str, llm: Any = "smollm2", lora: Any
         prompt = WindowScorer(llm, text, max_tokens=64).ids.unsqueeze(0)
         speed_systems = {"base": []} | {n: [a] for n, a in zip(names, loaded)}
         if stack and len(loaded) > 1:
-            speed_systems[stacked_name] = loaded
+            speed_systems[stacked_name] = stacked_adapters
         tps = decode_speed(llm, speed_systems, prompt, speed_tokens, speed_repeats)
         for name, v in tps.items():
             rows[name]["decode_tokens_per_s"] = v
             rows[name]["speed_ratio"] = round(v / tps["base"], 4)
     return {"llm": getattr(llm, "model_id", str(llm)), "tokens": ppl["_tokens"], "window": window, "stride": stride,
-            "adapters": [{"name": a.name, "kind": a.kind, "path": str(a.path), "params": a.manifest.get("params", {})}
-                         for a in loaded],
+            "adapters": [{"name": a.name, "kind": a.kind, "path": str(a.path), "params": a.manifest.get("params", {}),
+                          "params_stacked": a.manifest.get("params_stacked", {})} for a in loaded],
             "lora": str(lora) if lora is not None else None, "systems": rows,
             "eval_seconds": round(eval_s, 1),
             "threads": {"perplexity": threads, "decode": 1, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},

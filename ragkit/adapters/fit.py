@@ -16,7 +16,7 @@ import time
 from typing import Any, Sequence
 
 from .base import update_manifest
-from .evaluate import WindowScorer, as_adapter, combine_chain, load_llm, slice_side, target_nll
+from .evaluate import ATTRS, WindowScorer, as_adapter, combine_chain, load_llm, slice_side, target_nll
 
 GRIDS: dict[str, dict[str, list[float]]] = {
     "proxy": {"alpha": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0]},
@@ -25,8 +25,6 @@ GRIDS: dict[str, dict[str, list[float]]] = {
     "knn": {"lambda": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
             "temperature": [10.0, 20.0, 50.0, 100.0, 200.0, 500.0]},
 }
-# manifest param name -> processor attribute
-ATTRS = {"alpha": "alpha", "w": "w", "beta": "beta", "lambda": "lam", "temperature": "temperature"}
 
 
 def fit(adapter: Any, text: str, llm: Any = "smollm2", grid: dict[str, Sequence[float]] | None = None,

@@ -62,8 +62,9 @@ def llm_hidden_states(model: Any, ids, window: int = 512, stride: int = 384, thr
 
 def build_datastore(llm_ref: str, text: str, out: str | Path, k: int = 64, temperature: float = 100.0,
                     lam: float = 0.25, window: int = 512, stride: int = 384, ivf: bool = False, nlist: int = 1024,
-                    threads: int | None = 2, corpus_name: str = "") -> Path:
-    """Build a kNN-LM datastore adapter folder over `text` with the LLM `llm_ref`."""
+                    threads: int | None = 2, corpus_name: str = "", max_tokens: int | None = None) -> Path:
+    """Build a kNN-LM datastore adapter folder over `text` (its first `max_tokens` tokens) with the
+    LLM `llm_ref`."""
     import faiss
     import numpy as np
     import torch
@@ -72,6 +73,8 @@ def build_datastore(llm_ref: str, text: str, out: str | Path, k: int = 64, tempe
 
     model, tok, model_id = load_causal_lm(llm_ref)
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if max_tokens:
+        ids = ids[:max_tokens]
     t0 = time.perf_counter()
     keys, values = llm_hidden_states(model, ids, window, stride, threads)
     forward_s = time.perf_counter() - t0

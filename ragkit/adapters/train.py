@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -157,7 +158,7 @@ def read_corpus(corpus: str | Path) -> str:
 
 def _train_loop(model, blocks, steps: int, batch: int, lr: float, loss_fn: Callable, ckpt: Path,
                 threads: int | None, seed: int, desc: str, save_every: int, warmup: int = 10,
-                progress: bool | None = None) -> dict:
+                progress: bool | None = None, log_every: int = 0) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -211,6 +212,9 @@ def _train_loop(model, blocks, steps: int, batch: int, lr: float, loss_fn: Calla
                 opt.zero_grad(set_to_none=True)
                 losses.append(round(float(loss.detach()), 4))
                 advance(1)
+                if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
+                    print(f"{desc}: step {step + 1}/{steps} loss {losses[-1]:.4f} "
+                          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
                 if (step + 1) % save_every == 0 and step + 1 < steps:
                     save(step + 1)
     finally:
@@ -234,7 +238,7 @@ def _save_model_adapter(out: Path, manifest: dict, save: Callable[[Path], None],
 def finetune(base: str | Path, text: str, out: str | Path, kind: str = "lora", steps: int = 200, block: int = 256,
              batch: int = 4, lr: float | None = None, lora_r: int = 16, lora_alpha: int = 32,
              train_embeddings: bool | None = None, threads: int | None = 2, seed: int = 0, save_every: int = 50,
-             progress: bool | None = None, corpus_name: str = "") -> Path:
+             progress: bool | None = None, corpus_name: str = "", log_every: int = 0) -> Path:
     """LoRA (`kind="lora"`, peft, attention and MLP projections) or full fine-tuning of a causal LM
     on `text` with the next-token loss; writes a `lora` / `full` adapter folder."""
     import torch
@@ -266,7 +270,7 @@ def finetune(base: str | Path, text: str, out: str | Path, kind: str = "lora", s
         return model(input_ids=x, labels=x).loss
 
     stats = _train_loop(model, blocks, steps, batch, lr, loss_fn, out / CHECKPOINT, threads, seed,
-                        f"{kind} {out.name}", save_every, progress=progress)
+                        f"{kind} {out.name}", save_every, progress=progress, log_every=log_every)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     manifest = new_manifest(kind, base_model_id(base), tok, [text],
                             training={"kind": kind, "init": str(base), "corpus": corpus_name, "block": block,
@@ -313,7 +317,7 @@ def layer_dropped_copy(model, layers: Sequence[int]):
 def distill(teacher: str | Path, text: str, out: str | Path, layers: int | Sequence[int] = 6,
             init: str | Path | None = None, steps: int = 300, block: int = 256, batch: int = 4, lr: float = 3e-4,
             temperature: float = 1.0, train_embeddings: bool = False, threads: int | None = 2, seed: int = 0,
-            save_every: int = 50, progress: bool | None = None, corpus_name: str = "") -> Path:
+            save_every: int = 50, progress: bool | None = None, corpus_name: str = "", log_every: int = 0) -> Path:
     """A small sibling of `teacher`: a layer-dropped copy (or `init`, an existing distilled model to
     go on from) trained to match the teacher's next-token distribution (KL over the full vocabulary,
     at `temperature`) on `text`. Writes a `distill` adapter folder."""
@@ -352,7 +356,7 @@ def distill(teacher: str | Path, text: str, out: str | Path, layers: int | Seque
         return F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean") * temperature ** 2
 
     stats = _train_loop(small, blocks, steps, batch, lr, loss_fn, out / CHECKPOINT, threads, seed,
-                        f"distill {out.name}", save_every, progress=progress)
+                        f"distill {out.name}", save_every, progress=progress, log_every=log_every)
     manifest = new_manifest("distill", base_model_id(teacher), tok, [text],
                             training={"kind": "distill", "teacher": str(teacher), "init": str(init) if init else None,
                                       "layers": kept, "of_layers": big.config.num_hidden_layers,
