@@ -46,6 +46,11 @@ def main() -> None:
     _quiet_libraries()
 
 
+from .cli_colbert import app as colbert_app  # noqa: E402 - `ragkit colbert train|info`
+
+app.add_typer(colbert_app, name="colbert")
+
+
 @app.command()
 def index(
     corpus: Path = typer.Argument(..., help="BEIR folder, .jsonl file, or folder of .txt/.md/.rst/.html files."),
@@ -54,11 +59,13 @@ def index(
     id_field: str = typer.Option("id", help="JSONL: field holding the document id."),
     text_field: str = typer.Option("text", help="JSONL: field holding the text."),
     title_field: str = typer.Option("title", help="JSONL: field holding the title (optional)."),
-    retrievers: str = typer.Option("bm25,dense", help="Comma-separated: bm25, dense."),
+    retrievers: str = typer.Option("bm25,dense", help="Comma-separated: bm25, dense, colbert."),
     encoder: str = typer.Option("default", help="Sentence-transformers model: hub id or local folder."),
     chunk_tokens: int = typer.Option(256, help="Tokens per chunk (title and special tokens included)."),
     overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
     dense_index: str = typer.Option("flat", help="flat (exact), hnsw or ivfpq."),
+    colbert_checkpoint: str = typer.Option("default", help="ColBERT checkpoint folder or hub id ('default': untrained MiniLM)."),
+    colbert_engine: str = typer.Option("exact", help="ColBERT index engine: exact or plaid (needs ragkit[colbert])."),
     bm25_method: str = typer.Option("lucene", help="lucene, robertson, atire, bm25l, bm25+ or okapi (rank-bm25)."),
     stopwords: str = typer.Option("en", help="Stop-word list for BM25 ('en' or 'none')."),
     stemmer: str = typer.Option("english", help="Snowball stemmer for BM25 ('english', ... or 'none')."),
@@ -71,6 +78,7 @@ def index(
     from .indexes.vectors import FaissConfig
     from .retrieve.bm25 import BM25Config
     from .retrieve.dense import DenseConfig
+    from .retrieve.colbert import ColBERTConfig
     from .models.encoder import DEFAULT_ENCODER
 
     try:
@@ -79,7 +87,8 @@ def index(
             chunking=ChunkingConfig(chunk_tokens, overlap),
             bm25=BM25Config(method=bm25_method, stopwords=None if stopwords == "none" else stopwords,
                             stemmer=None if stemmer == "none" else stemmer),
-            dense=DenseConfig(index=FaissConfig(kind=dense_index)))
+            dense=DenseConfig(index=FaissConfig(kind=dense_index)),
+            colbert=ColBERTConfig(checkpoint=colbert_checkpoint, engine=colbert_engine))
         report = LoadReport()
         with err.status(f"reading {corpus}"):
             docs = load_corpus(corpus, format, report=report, strict=strict, id_field=id_field,
@@ -116,7 +125,7 @@ def search(
     query: str = typer.Argument(..., help="What to look for."),
     index_dir: Path = typer.Option(..., "--index", "-i", help="Index folder."),
     k: int = typer.Option(10, "-k", help="Number of hits."),
-    retriever: Optional[str] = typer.Option(None, help="bm25, dense or hybrid (default: hybrid when both exist)."),
+    retriever: Optional[str] = typer.Option(None, help="bm25, dense, colbert or hybrid (default: hybrid when several exist)."),
     as_json: bool = typer.Option(False, "--json", help="Print hits as JSON lines."),
 ) -> None:
     """Search an index and print ranked hits with their sources."""
@@ -196,7 +205,8 @@ def info(
     t.add_row("chunking", f"{ch['chunk_tokens']} tokens, overlap {ch['overlap']} ({ch['tokenizer']})")
     for name, r in m["retrievers"].items():
         detail = (f"{r['method']} k1={r['k1']} b={r['b']} stopwords={r['stopwords']} stemmer={r['stemmer']}"
-                  if name == "bm25" else f"faiss {r['index']['kind']}")
+                  if name == "bm25" else f"faiss {r['index']['kind']}" if name == "dense"
+                  else f"{r['engine']}, checkpoint {r['model']['id']} (dim {r['model']['dim']}), {r['tokens']} token vectors")
         t.add_row(name, detail)
     out.print(t)
 
@@ -371,7 +381,8 @@ def eval_qa(
 @app.command("eval")
 def eval_(
     data_dir: Path = typer.Argument(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),
-    retrievers: str = typer.Option("bm25,dense,hybrid", help="Comma-separated: bm25, dense, hybrid."),
+    retrievers: str = typer.Option("bm25,dense,hybrid", help="Comma-separated: bm25, dense, hybrid, colbert, "
+                                   "X+colbert_rerank (X's candidates reordered by ColBERT)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
     split: str = typer.Option("test", help="qrels split to score."),
     fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),

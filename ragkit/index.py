@@ -22,10 +22,12 @@ from .models.encoder import DEFAULT_ENCODER, SentenceEncoder, resolve_model_path
 from .progress import progress_bar
 from .retrieve.base import Ranking, Retriever
 from .retrieve.bm25 import BM25Config, BM25Retriever
+from .retrieve.colbert import ColBERTConfig
 from .retrieve.dense import DenseConfig, DenseRetriever
 from .retrieve.hybrid import FusionConfig, HybridRetriever
 
-RETRIEVERS = ("bm25", "dense")
+RETRIEVERS = ("bm25", "dense", "colbert")
+_LOADED_LATER = object()  # Index.load fills the ColBERT retriever from the folder
 
 
 @dataclass
@@ -38,6 +40,7 @@ class IndexConfig:
     bm25: BM25Config = field(default_factory=BM25Config)
     dense: DenseConfig = field(default_factory=DenseConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    colbert: ColBERTConfig = field(default_factory=ColBERTConfig)
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.retrievers if r not in RETRIEVERS]
@@ -55,7 +58,7 @@ class IndexConfig:
         return cls(retrievers=list(d.get("retrievers", ["bm25", "dense"])), encoder=d.get("encoder", DEFAULT_ENCODER),
                    chunking=ChunkingConfig(**d.get("chunking", {})), bm25=BM25Config(**d.get("bm25", {})),
                    dense=DenseConfig(dense.get("batch_size", 64), FaissConfig(**dense.get("index", {}))),
-                   fusion=FusionConfig(**d.get("fusion", {})))
+                   fusion=FusionConfig(**d.get("fusion", {})), colbert=ColBERTConfig(**d.get("colbert", {})))
 
 
 @dataclass
@@ -96,9 +99,10 @@ def _load_tokenizer(encoder_name: str):
 
 
 class Index:
-    """Chunks plus their retrievers; searched by name (`bm25`, `dense`, `hybrid`)."""
+    """Chunks plus their retrievers; searched by name (`bm25`, `dense`, `colbert`, `hybrid`)."""
 
-    def __init__(self, config: IndexConfig | None = None, encoder: SentenceEncoder | None = None) -> None:
+    def __init__(self, config: IndexConfig | None = None, encoder: SentenceEncoder | None = None,
+                 colbert=None) -> None:
         self.config = config or IndexConfig()
         self.encoder = encoder
         if self.encoder is None and "dense" in self.config.retrievers:
@@ -111,6 +115,8 @@ class Index:
             self.retrievers["bm25"] = BM25Retriever(self.config.bm25)
         if "dense" in self.config.retrievers:
             self.retrievers["dense"] = DenseRetriever(self.encoder, self.config.dense)
+        if "colbert" in self.config.retrievers and colbert is not _LOADED_LATER:
+            self.retrievers["colbert"] = _colbert_retriever(self.config.colbert, colbert)
         self.created = _now()
         self.updated = self.created
         self.timings: dict[str, float] = {}
@@ -150,15 +156,36 @@ class Index:
                 chunks.extend(self.chunker.chunk(batch))
                 advance(len(batch))
         self.timings["chunking"] = self.timings.get("chunking", 0.0) + time.perf_counter() - t0
+        shared = self._shared_pass()
         for name, r in self.retrievers.items():
+            if shared and name == "dense":
+                continue  # encoded by colbert's pass below
             t0 = time.perf_counter()
-            label = "encoding (dense)" if name == "dense" else f"indexing ({name})"
+            label = f"encoding ({name})" if name in ("dense", "colbert") else f"indexing ({name})"
+            if shared and name == "colbert":
+                label = "encoding (colbert + dense, one pass)"
             with progress_bar(label, len(chunks), show_progress) as advance:
-                r.add(chunks, progress=advance)
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+                if shared and name == "colbert":
+                    arrays, vectors = r.model.encode_docs([c.indexed_text for c in chunks], r.config.batch_size,
+                                                          advance, pooled=True)
+                    r.add_embeddings([c.id for c in chunks], arrays)
+                    self.retrievers["dense"].store.add([c.id for c in chunks], vectors)
+                else:
+                    r.add(chunks, progress=advance)
+            dt = time.perf_counter() - t0
+            self.timings[name] = self.timings.get(name, 0.0) + dt
+            if shared and name == "colbert":  # one pass served both: each is charged all of it
+                self.timings["dense"] = self.timings.get("dense", 0.0) + dt
         self.chunks.add(chunks)
         self.updated = _now()
         return len(chunks)
+
+    def _shared_pass(self) -> bool:
+        """Dense and ColBERT both present and the untrained MiniLM ColBERT over the dense encoder's
+        model: one forward pass gives both the token vectors and the sentence embeddings."""
+        dense, colbert = self.retrievers.get("dense"), self.retrievers.get("colbert")
+        return (dense is not None and colbert is not None and hasattr(colbert, "add_embeddings")
+                and colbert.model.pools_like(dense.encoder) and hasattr(dense.store, "add"))
 
     def delete(self, doc_ids: Iterable[str]) -> int:
         """Remove documents (all their chunks) from every retriever; returns chunks removed."""
@@ -232,8 +259,9 @@ class Index:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, encoder: SentenceEncoder | str | None = None) -> "Index":
-        """Load an index folder; a different encoder than the one it was built with is an error."""
+    def load(cls, path: str | Path, encoder: SentenceEncoder | str | None = None, colbert=None) -> "Index":
+        """Load an index folder; a different encoder (or ColBERT checkpoint: a ColBERTModel or its
+        path in `colbert`) than the one it was built with is an error."""
         path = Path(path)
         manifest = read_manifest(path)
         try:
@@ -247,12 +275,14 @@ class Index:
             _check_encoder(path, built, encoder.describe())
         elif isinstance(encoder, str):
             encoder = SentenceEncoder.from_pretrained(encoder)
-        index = cls(config, encoder)
+        index = cls(config, encoder, colbert=_LOADED_LATER)
         index.chunks = ChunkStore.load(path / "chunks.jsonl")
         if "bm25" in config.retrievers:
             index.retrievers["bm25"] = BM25Retriever.load(path / "bm25")
         if "dense" in config.retrievers:
             index.retrievers["dense"] = DenseRetriever.load(path / "dense", encoder)
+        if "colbert" in config.retrievers:
+            index.retrievers["colbert"] = _load_colbert(path / "colbert", config.colbert, colbert)
         for name, r in index.retrievers.items():
             if len(r) != len(index.chunks):
                 raise IndexFormatError(f"{path} is damaged: {name} holds {len(r)} chunks, chunks.jsonl {len(index.chunks)}")
@@ -275,3 +305,28 @@ def _check_encoder(path: Path, built: dict, given: dict) -> None:
     if problems:
         raise IndexFormatError(f"{path} was built with another encoder ({'; '.join(problems)}); "
                                "load it with the encoder it was built with, or rebuild the index")
+
+
+def _colbert_retriever(config: ColBERTConfig, model=None) -> Retriever:
+    """A new ColBERT retriever for the configured engine (the checkpoint loaded unless given)."""
+    from .models.colbert import ColBERTModel
+
+    if model is None or isinstance(model, str):
+        model = ColBERTModel.from_pretrained(model or config.checkpoint)
+    if config.engine == "plaid":
+        from .retrieve.plaid import PlaidRetriever
+
+        return PlaidRetriever(model, config)
+    from .retrieve.colbert import ColBERTRetriever
+
+    return ColBERTRetriever(model, config)
+
+
+def _load_colbert(path: Path, config: ColBERTConfig, model=None) -> Retriever:
+    if config.engine == "plaid":
+        from .retrieve.plaid import PlaidRetriever
+
+        return PlaidRetriever.load(path, model)
+    from .retrieve.colbert import ColBERTRetriever
+
+    return ColBERTRetriever.load(path, model)

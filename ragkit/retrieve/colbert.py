@@ -1,0 +1,237 @@
+"""ColBERT late-interaction retrieval behind the common retriever interface.
+
+Engine `exact` (the default): every chunk's token vectors are stored as float16 in one
+memory-mapped `embeddings.npy` with per-chunk lengths, and queries are scored by exact MaxSim in
+torch. Past `centroid_min_tokens` stored tokens a cheap candidate stage runs first: the token vectors
+are clustered once with k-means (faiss), each token keeps its centroid id, and a query scores every
+chunk by MaxSim against its tokens' centroids (PLAID's centroid interaction, one gather and one
+segment max); the best `candidates` chunks are then scored exactly. Adding chunks encodes only the
+new ones (their tokens are assigned to the existing centroids); deleting drops rows, re-encoding
+nothing.
+
+Engine `plaid`: colbert-ai's PLAID index (compressed residuals), see `ragkit.retrieve.plaid`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..chunking import Chunk
+from ..errors import IndexFormatError
+from ..models.colbert import DEFAULT_COLBERT, ColBERTModel
+from .base import Ranking, Retriever
+
+ENGINES = ("exact", "plaid")
+
+
+@dataclass
+class ColBERTConfig:
+    checkpoint: str = DEFAULT_COLBERT   # "default" (untrained MiniLM), a checkpoint folder or hub id
+    engine: str = "exact"
+    batch_size: int = 32
+    candidates: int = 256               # chunks scored exactly after the centroid stage
+    centroid_min_tokens: int = 200_000  # fewer stored tokens: score every chunk exactly
+    n_centroids: int = 0                # 0: about 2·sqrt(tokens), a power of two (64..4096)
+    nbits: int = 2                      # plaid: residual bits per dimension (2 or 4)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown ColBERT engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.checkpoint not in (DEFAULT_COLBERT, "") and os.path.isdir(self.checkpoint):
+            self.checkpoint = str(Path(self.checkpoint).resolve())  # saved indexes must find it again
+
+
+def segment_maxsim(q: torch.Tensor, tokens: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
+    """MaxSim of one query (Lq × dim) against documents stored back to back (tokens × dim, float32)."""
+    sim = (q @ tokens.T).numpy()  # Lq × tokens
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)
+
+
+class ColBERTRetriever(Retriever):
+    """Token vectors of every chunk (title + text) with exact MaxSim search."""
+
+    name = "colbert"
+
+    def __init__(self, model: ColBERTModel, config: ColBERTConfig | None = None) -> None:
+        self.model = model
+        self.config = config or ColBERTConfig()
+        if self.config.engine != "exact":
+            raise ValueError("ColBERTRetriever is the exact engine; use ragkit.retrieve.plaid for engine='plaid'")
+        self.ids: list[str] = []
+        self.lengths = np.zeros(0, dtype=np.int64)
+        self.emb = np.zeros((0, model.dim), dtype=np.float16)
+        self.centroids: np.ndarray | None = None
+        self.codes = np.zeros(0, dtype=np.int32)
+        self._reindex()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def describe(self) -> dict:
+        return {"type": "colbert", **asdict(self.config), "model": self.model.describe(),
+                "tokens": int(self.lengths.sum()), "centroids": 0 if self.centroids is None else len(self.centroids)}
+
+    def _reindex(self) -> None:
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self._row = {cid: i for i, cid in enumerate(self.ids)}
+
+    # -- building -------------------------------------------------------------------------------
+    def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
+        self.add_embeddings([c.id for c in chunks], self.model.encode_docs(
+            [c.indexed_text for c in chunks], batch_size=self.config.batch_size, progress=progress))
+
+    def add_embeddings(self, ids: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+        """Store already-encoded chunks (one tokens × dim array each)."""
+        dup = [i for i in ids if i in self._row]
+        if dup:
+            raise ValueError(f"chunks already indexed: {dup[:5]}")
+        if not len(ids):
+            return
+        new = np.concatenate([np.asarray(a, dtype=np.float16) for a in arrays])
+        self.ids.extend(ids)
+        self.lengths = np.concatenate([self.lengths, [len(a) for a in arrays]]).astype(np.int64)
+        self.emb = np.concatenate([self.emb, new]) if len(self.emb) else new
+        if self.centroids is not None:
+            self.codes = np.concatenate([self.codes, self._assign(new)])
+        self._reindex()
+        self._maybe_train_centroids()
+
+    def delete(self, chunk_ids: Iterable[str]) -> int:
+        drop = {cid for cid in chunk_ids if cid in self._row}
+        if not drop:
+            return 0
+        keep_rows = np.array([cid not in drop for cid in self.ids], dtype=bool)
+        keep_tokens = np.repeat(keep_rows, self.lengths)
+        self.ids = [cid for cid, k in zip(self.ids, keep_rows) if k]
+        self.lengths = self.lengths[keep_rows]
+        self.emb = np.ascontiguousarray(self.emb[keep_tokens])
+        if self.centroids is not None:
+            self.codes = self.codes[keep_tokens]
+        self._reindex()
+        return len(drop)
+
+    # -- candidate stage ------------------------------------------------------------------------
+    def _maybe_train_centroids(self) -> None:
+        n = len(self.emb)
+        if self.centroids is not None or n < self.config.centroid_min_tokens:
+            return
+        import faiss
+
+        k = self.config.n_centroids or int(np.clip(2 ** np.floor(np.log2(2 * np.sqrt(n))), 64, 4096))
+        rng = np.random.default_rng(0)
+        sample = self.emb[np.sort(rng.choice(n, size=min(n, 64 * k), replace=False))].astype(np.float32)
+        km = faiss.Kmeans(self.model.dim, k, niter=10, seed=0, spherical=True, verbose=False)
+        km.train(sample)
+        self.centroids = km.centroids.astype(np.float32)
+        self.codes = self._assign(self.emb)
+
+    def _assign(self, emb: np.ndarray) -> np.ndarray:
+        out = np.empty(len(emb), dtype=np.int32)
+        c = torch.from_numpy(self.centroids)
+        for start in range(0, len(emb), 65536):
+            block = torch.from_numpy(emb[start:start + 65536].astype(np.float32))
+            out[start:start + len(block)] = (block @ c.T).argmax(dim=1).numpy()
+        return out
+
+    def _candidates(self, q: torch.Tensor, n: int) -> np.ndarray:
+        """Rows of the `n` chunks with the best centroid-interaction scores."""
+        s = (q @ torch.from_numpy(self.centroids).T).numpy()  # Lq × centroids
+        approx = np.maximum.reduceat(s[:, self.codes], self.offsets[:-1], axis=1).sum(axis=0)
+        if n >= len(approx):
+            return np.arange(len(approx))
+        return np.argpartition(-approx, n - 1)[:n]
+
+    # -- searching ------------------------------------------------------------------------------
+    def query_vectors(self, query: str) -> torch.Tensor:
+        q, mask = self.model.encode_queries([query])
+        return q[0][mask[0]].float()
+
+    def score_rows(self, q: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of the query vectors against stored chunks `rows`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.zeros(0, dtype=np.float32)
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        index = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+        tokens = torch.from_numpy(np.asarray(self.emb[index], dtype=np.float32))
+        return segment_maxsim(q, tokens, ends - starts)
+
+    def score(self, query: str, chunk_ids: Sequence[str]) -> list[float]:
+        """MaxSim scores of stored chunks (used by reranking); a chunk not stored is a KeyError."""
+        q = self.query_vectors(query)
+        return self.score_rows(q, np.array([self._row[c] for c in chunk_ids], dtype=np.int64)).tolist()
+
+    def has(self, chunk_id: str) -> bool:
+        return chunk_id in self._row
+
+    def search(self, query: str, k: int = 10) -> Ranking:
+        if not self.ids:
+            return []
+        q = self.query_vectors(query)
+        if self.centroids is not None and len(self.ids) > max(k, self.config.candidates):
+            rows = self._candidates(q, max(k, self.config.candidates))
+            scores = self.score_rows(q, rows)
+        else:
+            rows = np.arange(len(self.ids))
+            scores = np.concatenate([self.score_rows(q, rows[s:s + 4096]) for s in range(0, len(rows), 4096)])
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(self.ids[rows[i]], float(scores[i])) for i in top]
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "embeddings.npy", np.ascontiguousarray(self.emb, dtype=np.float16), allow_pickle=False)
+        np.save(path / "lengths.npy", self.lengths, allow_pickle=False)
+        (path / "ids.json").write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
+        if self.centroids is not None:
+            np.save(path / "centroids.npy", self.centroids, allow_pickle=False)
+            np.save(path / "codes.npy", self.codes, allow_pickle=False)
+        (path / "config.json").write_text(json.dumps(self.describe(), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path, model: ColBERTModel | str | None = None) -> "ColBERTRetriever":
+        """Load a saved retriever; its checkpoint is loaded from the recorded id unless `model` is given.
+        A model other than the one the chunks were encoded with is an IndexFormatError."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            built = meta.pop("model")
+            config = ColBERTConfig(**{k: v for k, v in meta.items() if k in ColBERTConfig.__dataclass_fields__})
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise IndexFormatError(f"ColBERT index in {path} is missing or damaged: {e}") from e
+        if model is None or isinstance(model, str):
+            model = ColBERTModel.from_pretrained(model or config.checkpoint)
+        check_checkpoint(path, built, model.describe())
+        r = cls(model, config)
+        try:
+            r.ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+            r.lengths = np.load(path / "lengths.npy", allow_pickle=False)
+            r.emb = np.load(path / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+            if (path / "centroids.npy").is_file():
+                r.centroids = np.load(path / "centroids.npy", allow_pickle=False)
+                r.codes = np.load(path / "codes.npy", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"ColBERT index in {path} is missing or damaged: {e}") from e
+        if len(r.ids) != len(r.lengths) or int(r.lengths.sum()) != len(r.emb) or r.emb.shape[1] != model.dim:
+            raise IndexFormatError(f"ColBERT index in {path} is damaged: {len(r.ids)} ids, {len(r.lengths)} lengths, "
+                                   f"{len(r.emb)} token vectors of dimension {r.emb.shape[1]}")
+        r._reindex()
+        return r
+
+
+def check_checkpoint(path: Path, built: dict, given: dict) -> None:
+    """A clear error when an index is opened with another ColBERT checkpoint than it was built with."""
+    problems = [f"{key} {built.get(key)!r} vs {given.get(key)!r}" for key in ("fingerprint", "dim")
+                if built.get(key) != given.get(key)]
+    if problems:
+        raise IndexFormatError(f"{path} was built with ColBERT checkpoint {built.get('id')!r} and is being opened with "
+                               f"{given.get('id')!r} ({'; '.join(problems)}); load it with the checkpoint it was "
+                               "built with, or rebuild the index")

@@ -1,0 +1,289 @@
+"""Train a small ColBERT on a user's corpus: contrastive learning from (query, positive, negative) triples.
+
+Triples come from a BEIR train split (`qrels/train.tsv`: a judged query, a relevant document, and
+the best BM25 hit that is not relevant) or are synthesised from the corpus alone: a sentence of a
+passage is the pseudo-query, the passage without that sentence is the positive (an inverse cloze
+task, so the model must match meaning rather than copy the words) and the best BM25 hit from another
+document is the hard negative.
+
+Each step scores every query against every passage of the batch (its positive, its hard negative and
+the other queries' passages: in-batch negatives) by MaxSim, with cross-entropy on the positive.
+Starting from a plain encoder, the projection is initialised with the top principal directions of
+the corpus's token vectors, so step 0 is already a sensible ColBERT. Every `save_every` steps the
+model, the AdamW state (safetensors) and the step/RNG state (JSON) are written to
+`OUT/train_state/`, and a run started again with the same output folder resumes from there. The
+result is a colbert-ai HF_ColBERT checkpoint (`ragkit.models.colbert`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .chunking import Chunk
+from .corpus import Document, load_beir_corpus, load_beir_queries, load_beir_qrels
+from .errors import CorpusError
+from .models.colbert import ColBERTModel
+
+STATE = "train_state"
+Triple = tuple[str, str, str]  # query, positive passage, negative passage
+
+
+@dataclass
+class TrainConfig:
+    base: str = "default"       # plain encoder (hub id/folder/"default") or a ColBERT checkpoint to continue
+    dim: int = 128              # projection size when starting from a plain encoder
+    steps: int = 300
+    batch_size: int = 16        # queries per step; each brings a positive and a hard negative
+    lr: float = 3e-5
+    projection_lr: float = 1e-4
+    warmup: float = 0.1         # share of steps with a linear warm-up
+    query_maxlen: int = 32
+    doc_maxlen: int = 180
+    query_augmentation: bool = True
+    freeze_layers: int = 0      # embeddings + this many bottom encoder layers stay fixed (cheaper steps on CPU)
+    save_every: int = 100
+    seed: int = 0
+    threads: int = 0            # torch threads; 0: all cores
+
+
+def _text(d: Document) -> str:
+    return f"{d.title} {d.text}" if d.title else d.text
+
+
+def _bm25(docs: Sequence[Document]):
+    from .retrieve.bm25 import BM25Retriever
+
+    bm25 = BM25Retriever()
+    bm25.add([Chunk(f"{i}", d.id, 0, d.text, d.title) for i, d in enumerate(docs)])
+    return bm25
+
+
+SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def synthesize_triples(docs: Sequence[Document], n: int, seed: int = 0, min_words: int = 5,
+                       max_words: int = 40) -> list[Triple]:
+    """Pseudo-query triples from a corpus alone (inverse cloze task + BM25 hard negatives)."""
+    rng = random.Random(seed)
+    docs = [d for d in docs if d.text.strip()]
+    pool = []
+    for i, d in enumerate(docs):
+        sents = [s for s in SENTENCE.split(d.text.strip()) if min_words <= len(s.split()) <= max_words]
+        if sents and len(d.text.split()) >= 2 * min_words:
+            pool.append((i, sents))
+    if len(docs) < 2 or not pool:
+        raise CorpusError(f"cannot synthesise training queries: need at least 2 documents with sentences of "
+                          f"{min_words}-{max_words} words (got {len(pool)} usable of {len(docs)})")
+    bm25 = _bm25(docs)
+    out = []
+    for _ in range(n):
+        i, sents = pool[rng.randrange(len(pool))]
+        query = rng.choice(sents)
+        doc = docs[i]
+        rest = doc.text.replace(query, " ", 1).strip() if rng.random() < 0.9 else doc.text  # ICT keeps it 10%
+        positive = f"{doc.title} {rest}" if doc.title else rest
+        negative = next((_text(docs[int(cid)]) for cid, _ in bm25.search(query, 10) if int(cid) != i), None)
+        if negative is None:
+            negative = _text(docs[rng.randrange(len(docs))])
+        out.append((query, positive, negative))
+    return out
+
+
+def beir_triples(data_dir: str | Path, split: str = "train", seed: int = 0) -> list[Triple]:
+    """One triple per judged (query, relevant document) of `qrels/<split>.tsv`, BM25 hard negatives."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "qrels" / f"{split}.tsv").is_file():
+        raise CorpusError(f"{data_dir}/qrels/{split}.tsv not found: this set has no {split} split; "
+                          "use synthetic triples (--synthetic N) instead")
+    docs = load_beir_corpus(data_dir)
+    queries, qrels = load_beir_queries(data_dir), load_beir_qrels(data_dir, split)
+    by_id = {d.id: i for i, d in enumerate(docs)}
+    bm25 = _bm25(docs)
+    rng = random.Random(seed)
+    out = []
+    for qid, rels in qrels.items():
+        if qid not in queries:
+            continue
+        pos = [d for d, r in rels.items() if r > 0 and d in by_id]
+        if not pos:
+            continue
+        negs = [docs[int(c)] for c, _ in bm25.search(queries[qid], 30) if docs[int(c)].id not in rels]
+        for d in pos:
+            neg = negs[0] if negs else docs[rng.randrange(len(docs))]
+            out.append((queries[qid], _text(docs[by_id[d]]), _text(neg)))
+    if not out:
+        raise CorpusError(f"{data_dir}/qrels/{split}.tsv gave no (query, relevant document) pairs")
+    return out
+
+
+def contrastive_loss(model: ColBERTModel, batch: Sequence[Triple]) -> torch.Tensor:
+    """Cross-entropy of each query's positive among all 2·B passages of the batch (MaxSim scores)."""
+    queries = [t[0] for t in batch]
+    passages = [t[1] for t in batch] + [t[2] for t in batch]
+    q, q_keep = model.query_tensors(*model.tokenize_queries(queries))
+    d, d_keep = model.doc_tensors(*model.tokenize_docs(passages))
+    sim = torch.einsum("bqh,nlh->bnql", q, d)
+    sim = sim.masked_fill(~d_keep[None, :, None, :], -1e4).max(dim=3).values  # B × 2B × Lq
+    scores = (sim * q_keep[:, None, :]).sum(dim=2)
+    return torch.nn.functional.cross_entropy(scores, torch.arange(len(batch)))
+
+
+def _pca_projection(model: ColBERTModel, texts: Sequence[str], dim: int, seed: int) -> torch.Tensor:
+    """Top `dim` principal directions of the encoder's token states over a sample of texts (dim × hidden)."""
+    rng = random.Random(seed)
+    sample = rng.sample(list(texts), min(len(texts), 256))
+    states = []
+    with torch.inference_mode():
+        for start in range(0, len(sample), 32):
+            ids, mask = model.tokenize_docs(sample[start:start + 32])
+            h = model.bert(input_ids=ids, attention_mask=mask)[0]
+            states.append(h[mask.bool()])
+    x = torch.cat(states).float()
+    _, _, v = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    if v.shape[0] < dim:
+        raise ValueError(f"dim {dim} is larger than the {v.shape[0]} directions the sample allows")
+    return v[:dim].contiguous()
+
+
+def _freeze(model: ColBERTModel, n_layers: int) -> None:
+    """Keep the embeddings and the bottom `n_layers` encoder layers fixed."""
+    if n_layers <= 0:
+        return
+    layers = getattr(getattr(model.bert, "encoder", None), "layer", None)
+    if layers is None or n_layers > len(layers):
+        raise ValueError(f"cannot freeze {n_layers} layers of {type(model.bert).__name__}")
+    for module in [model.bert.embeddings, *layers[:n_layers]]:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def _optimizer(model: ColBERTModel, config: TrainConfig) -> torch.optim.AdamW:
+    _freeze(model, config.freeze_layers)
+    return torch.optim.AdamW([{"params": [p for p in model.bert.parameters() if p.requires_grad], "lr": config.lr},
+                              {"params": list(model.linear.parameters()), "lr": config.projection_lr}],
+                             weight_decay=0.0)
+
+
+def _schedule(config: TrainConfig) -> Callable[[int], float]:
+    warm = max(1, int(config.warmup * config.steps))
+    return lambda s: min((s + 1) / warm, max(0.0, (config.steps - s) / max(1, config.steps - warm)))
+
+
+def _save_state(out: Path, model: ColBERTModel, opt: torch.optim.Optimizer, step: int, losses: list[float],
+                config: TrainConfig, order_seed: int) -> None:
+    """Model + AdamW moments (safetensors) + step, losses and RNG state (JSON); written then renamed."""
+    from safetensors.torch import save_file
+
+    tmp = out / f".{STATE}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tensors, meta = {}, {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st:
+                n = names[id(p)]
+                tensors[f"{n}::exp_avg"] = st["exp_avg"].contiguous()
+                tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+                meta[n] = float(st["step"])
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses, "config": asdict(config),
+                                                "order_seed": order_seed, "param_steps": meta}))
+    shutil.rmtree(out / STATE, ignore_errors=True)
+    os.replace(tmp, out / STATE)
+
+
+def _load_state(out: Path, model: ColBERTModel, opt: torch.optim.Optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    state = json.loads((out / STATE / "state.json").read_text())
+    moments = load_file(str(out / STATE / "optimizer.safetensors"))
+    for n, p in model.named_parameters():
+        if n in state["param_steps"]:
+            opt.state[p] = {"step": torch.tensor(state["param_steps"][n]), "exp_avg": moments[f"{n}::exp_avg"],
+                            "exp_avg_sq": moments[f"{n}::exp_avg_sq"]}
+    return state
+
+
+def train_colbert(triples: Sequence[Triple], out_dir: str | Path, config: TrainConfig | None = None,
+                  corpus_texts: Sequence[str] | None = None, show_progress: bool | None = None,
+                  log: Callable[[str], None] | None = None) -> dict:
+    """Train and save a ColBERT checkpoint to `out_dir`; resumes from `out_dir/train_state` when present.
+    Returns a summary: steps, first/last losses (mean of 10 steps), seconds."""
+    from .progress import progress_bar
+
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not triples:
+        raise ValueError("no training triples")
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    resume = (out / STATE / "state.json").is_file()
+    if resume:
+        model = ColBERTModel.from_pretrained(str(out / STATE))
+    else:
+        base = ColBERTModel.from_pretrained(config.base)
+        fresh = base.model_id.startswith("colbert-minilm-untrained") or base.settings.dim == base.bert.config.hidden_size \
+            and torch.equal(base.linear.weight, torch.eye(base.linear.weight.shape[0]))
+        model = base
+        if fresh:  # a plain encoder: ColBERT markers, query augmentation, PCA-initialised projection
+            s = model.settings
+            s.markers, s.query_augmentation = True, config.query_augmentation
+            s.query_maxlen, s.doc_maxlen, s.dim = config.query_maxlen, config.doc_maxlen, config.dim
+            weight = _pca_projection(model, corpus_texts or [t[1] for t in triples], config.dim, config.seed)
+            linear = torch.nn.Linear(weight.shape[1], config.dim, bias=False)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+            model = ColBERTModel(model.bert, model.tokenizer, linear, s, model.model_id, model.fingerprint)
+    s = model.settings
+    s.query_maxlen, s.doc_maxlen = config.query_maxlen, config.doc_maxlen
+    opt = _optimizer(model, config)
+    step, losses, order_seed = 0, [], config.seed
+    if resume:
+        state = _load_state(out, model, opt)
+        step, losses, order_seed = state["step"], state["losses"], state["order_seed"]
+        if log:
+            log(f"resuming from step {step} ({out / STATE})")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config))
+    for _ in range(step):
+        sched.step()
+    order = np.random.default_rng(order_seed).permutation(
+        np.resize(np.arange(len(triples)), config.steps * config.batch_size))
+    model.train()
+    t0 = time.perf_counter()
+    with progress_bar("training colbert", config.steps, show_progress) as advance:
+        advance(step)
+        while step < config.steps:
+            batch = [triples[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]]
+            loss = contrastive_loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(round(loss.item(), 5))
+            step += 1
+            advance(1)
+            if config.save_every and step % config.save_every == 0 and step < config.steps:
+                _save_state(out, model, opt, step, losses, config, order_seed)
+    model.eval()
+    model.model_id = out.resolve().name
+    model.save_pretrained(out)
+    shutil.rmtree(out / STATE, ignore_errors=True)
+    summary = {"steps": step, "triples": len(triples), "loss_first10": float(np.mean(losses[:10])),
+               "loss_last10": float(np.mean(losses[-10:])), "seconds": round(time.perf_counter() - t0, 1),
+               "threads": torch.get_num_threads(), "config": asdict(config), "losses": losses}
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

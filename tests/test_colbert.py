@@ -1,0 +1,204 @@
+"""ColBERT: model checkpoints, the exact MaxSim engine, Index persistence and updates, reranking,
+training, evaluation and the CLI — with the real packaged MiniLM on Python's pydoc topics."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ragkit.errors import IndexFormatError
+from ragkit.index import Index, IndexConfig
+from ragkit.models.colbert import ColBERTModel
+from ragkit.retrieve.colbert import ColBERTConfig, ColBERTRetriever
+
+QUERY = "assert statement for debugging"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ColBERTModel.from_pretrained("default")
+
+
+@pytest.fixture(scope="module")
+def docs(topic_docs):
+    from ragkit.corpus import Document
+
+    return [Document(d.id, d.text[:1000], d.title, d.source) for d in topic_docs[:40]]
+
+
+@pytest.fixture(scope="module")
+def index(docs, model, encoder):
+    idx = Index(IndexConfig(retrievers=["bm25", "dense", "colbert"]), encoder=encoder, colbert=model)
+    idx.add(docs, show_progress=False)
+    return idx
+
+
+def brute_force(model, query: str, texts: list[str]) -> list[float]:
+    """Reference MaxSim: every document encoded alone, every query token against every token."""
+    q, mask = model.encode_queries([query])
+    q = q[0][mask[0]]
+    out = []
+    for t in texts:
+        d = torch.from_numpy(model.encode_docs([t])[0].astype(np.float32))
+        out.append(sum(max(float(qi @ dj) for dj in d) for qi in q))
+    return out
+
+
+def test_exact_maxsim_equals_brute_force(index, model):
+    colbert = index.retrievers["colbert"]
+    hits = colbert.search(QUERY, k=len(colbert))
+    assert hits[0][0].startswith("topic:assert")
+    ids = [cid for cid, _ in hits[:8]]
+    ref = brute_force(model, QUERY, [index.chunks[c].indexed_text for c in ids])
+    assert np.allclose([s for _, s in hits[:8]], ref, atol=2e-2)  # fp16 storage
+    assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+
+
+def test_centroid_candidates_find_the_exact_top_hits(docs, model, index):
+    colbert = index.retrievers["colbert"]
+    small = ColBERTRetriever(model, ColBERTConfig(centroid_min_tokens=100, n_centroids=64, candidates=20))
+    small.add_embeddings(colbert.ids, [np.asarray(colbert.emb[s:e]) for s, e in zip(colbert.offsets[:-1],
+                                                                                     colbert.offsets[1:])])
+    assert small.centroids is not None and len(small.codes) == len(small.emb)
+    exact, approx = colbert.search(QUERY, 5), small.search(QUERY, 5)
+    assert approx[0] == pytest.approx(exact[0]) and len({c for c, _ in approx} & {c for c, _ in exact}) >= 4
+
+
+def test_shared_pass_gives_the_dense_encoder_vectors(index, encoder):
+    assert index._shared_pass()
+    dense = index.retrievers["dense"].store
+    texts = [index.chunks[c].indexed_text for c in dense.ids[:6]]
+    assert np.allclose(dense.vectors[:6], encoder.encode(texts), atol=1e-5)
+
+
+def test_save_load_round_trip_and_checkpoint_mismatch(index, tmp_path, model):
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["retrievers"]["colbert"]["model"]["fingerprint"] == model.fingerprint
+    loaded = Index.load(tmp_path / "idx", encoder=index.encoder, colbert=model)
+    assert isinstance(loaded.retrievers["colbert"].emb, np.memmap)
+    assert loaded.search(QUERY, 5, "colbert") == index.search(QUERY, 5, "colbert")
+    other = ColBERTModel.from_pretrained("default", dim=32)
+    with pytest.raises(IndexFormatError, match="ColBERT checkpoint"):
+        Index.load(tmp_path / "idx", encoder=index.encoder, colbert=other)
+    assert len(loaded.search(QUERY, 3)) == 3  # hybrid over all three
+
+
+def test_add_and_delete_encode_only_new_chunks(docs, model, monkeypatch, encoder):
+    idx = Index(IndexConfig(retrievers=["bm25", "colbert"]), encoder=encoder, colbert=model)
+    idx.add(docs[:10], show_progress=False)
+    calls = []
+    real = model.encode_docs
+    monkeypatch.setattr(model, "encode_docs", lambda texts, *a, **k: calls.append(len(texts)) or real(texts, *a, **k))
+    n = idx.add(docs[10:12], show_progress=False)
+    assert calls == [n]
+    before = len(idx.retrievers["colbert"])
+    idx.delete([docs[10].id])
+    assert calls == [n] and len(idx.retrievers["colbert"]) < before
+    assert all(not c.startswith(docs[10].id + "#") for c, _ in idx.retrievers["colbert"].search(docs[10].title, 50))
+    colbert = idx.retrievers["colbert"]
+    assert int(colbert.lengths.sum()) == len(colbert.emb) == colbert.offsets[-1]
+
+
+def test_colbert_reranker_reorders_with_stored_vectors(index, model):
+    from ragkit.pipeline import load_reranker
+    from ragkit.rerank import ColBERTReranker
+
+    hits = index.search(QUERY, 10, "bm25")[::-1]  # worst first
+    rr = load_reranker("colbert", index)
+    assert isinstance(rr, ColBERTReranker) and rr.stored is index.retrievers["colbert"]
+    out = rr.rerank(QUERY, hits, 5)
+    assert len(out) == 5 and [h.rank for h in out] == [1, 2, 3, 4, 5]
+    assert out[0].doc_id == "topic:assert" and out[0].score >= out[1].score
+    fresh = ColBERTReranker(model=model).rerank(QUERY, hits, 5)  # texts encoded at rerank time
+    assert [h.chunk_id for h in fresh] == [h.chunk_id for h in out]
+
+
+def test_checkpoint_layout_round_trip(tmp_path, model):
+    from safetensors import safe_open
+
+    m = ColBERTModel.from_pretrained("default", dim=32, seed=1)
+    m.save_pretrained(tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "artifact.metadata").read_text())
+    assert meta["dim"] == 32 and meta["query_token_id"] == "[unused0]" and meta["doc_token_id"] == "[unused1]"
+    with safe_open(str(tmp_path / "ck" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "linear.weight" in keys and any(k.startswith("bert.encoder.") for k in keys)
+    back = ColBERTModel.from_pretrained(str(tmp_path / "ck"))
+    assert back.dim == 32 and back.settings.markers and back.settings.query_augmentation
+    a, b = m.encode_docs(["late interaction on a CPU"]), back.encode_docs(["late interaction on a CPU"])
+    assert np.allclose(a[0].astype(np.float32), b[0].astype(np.float32), atol=1e-3)
+    q, mask = back.encode_queries(["what is late interaction"])
+    assert q.shape[1] == 32 and bool(mask.all())  # [MASK] query augmentation fills query_maxlen
+
+
+def test_training_lowers_the_loss_resumes_and_reloads(tmp_path, docs, monkeypatch):
+    import ragkit.train_colbert as tc
+
+    triples = tc.synthesize_triples(docs, 8, seed=0)
+    assert all(q and p and n and q not in p for q, p, n in triples[:4])
+    config = tc.TrainConfig(dim=32, steps=6, batch_size=4, lr=2e-4, projection_lr=2e-3, warmup=0.0,
+                            doc_maxlen=48, query_maxlen=16, freeze_layers=4, save_every=3, threads=1)
+    real, calls = tc.contrastive_loss, []
+
+    def crash_at_five(model, batch):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(model, batch)
+
+    monkeypatch.setattr(tc, "contrastive_loss", crash_at_five)
+    with pytest.raises(KeyboardInterrupt):
+        tc.train_colbert(triples, tmp_path / "ck", config)
+    assert (tmp_path / "ck" / tc.STATE / "optimizer.safetensors").is_file()
+    monkeypatch.setattr(tc, "contrastive_loss", real)
+    res = tc.train_colbert(triples, tmp_path / "ck", config)  # resumes at step 3
+    assert res["steps"] == 6 and len(res["losses"]) == 6 and not (tmp_path / "ck" / tc.STATE).exists()
+    trained = ColBERTModel.from_pretrained(str(tmp_path / "ck"))
+    start = tc.ColBERTModel.from_pretrained("default")
+    with torch.no_grad():
+        after = float(tc.contrastive_loss(trained, triples[:4]))
+    assert after < res["losses"][0]
+    assert trained.dim == 32 and start.dim == 384
+
+
+def test_eval_with_colbert_and_rerank(tmp_path, docs):
+    from ragkit.evaluate import evaluate_beir
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    with (beir / "corpus.jsonl").open("w") as f:
+        for d in docs[:20]:
+            f.write(json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n")
+    picks = docs[:20:5]
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"{d.title} statement"}) + "\n"
+                                                for i, d in enumerate(picks)))
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                             "".join(f"q{i}\t{d.id}\t1\n" for i, d in enumerate(picks)))
+    res = evaluate_beir(beir, ["bm25", "colbert", "bm25+colbert_rerank"], show_progress=False)
+    assert set(res) == {"bm25", "colbert", "bm25+colbert_rerank"}
+    assert all(0 < res[r]["nDCG@10"] <= 1 for r in res) and res["colbert"]["ms_per_query"] > 0
+
+
+def test_cli_index_search_info_and_colbert_info(tmp_path, docs):
+    from ragkit.cli import app
+
+    runner = CliRunner()
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs[:15]))
+    r = runner.invoke(app, ["index", str(corpus), "--out", str(tmp_path / "idx"), "--retrievers", "bm25,colbert"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["search", "assert debugging", "-i", str(tmp_path / "idx"), "--retriever", "colbert",
+                            "-k", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.splitlines()[0])["doc_id"] == "topic:assert"
+    r = runner.invoke(app, ["info", str(tmp_path / "idx")])
+    assert r.exit_code == 0 and "colbert-minilm-untrained" in r.output
+    r = runner.invoke(app, ["colbert", "info", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["dim"] == 384
+    r = runner.invoke(app, ["index", str(corpus), "--out", str(tmp_path / "x"), "--retrievers", "colbert",
+                            "--colbert-engine", "nope"])
+    assert r.exit_code == 2 and "unknown ColBERT engine" in r.output
