@@ -16,7 +16,7 @@ adapter_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Domain adapters: train (lora, full, distill, knn, proxy, poe, contrastive), fit, eval, info.")
 out = Console()
 err = Console(stderr=True)
-KINDS = ("lora", "full", "distill", "knn", "proxy", "poe", "contrastive")
+KINDS = ("lora", "full", "distill", "knn", "proxy", "poe", "contrastive", "knowledge")
 
 
 def _fail(e: Exception) -> None:
@@ -35,7 +35,8 @@ def train(
     corpus: str = typer.Argument(..., help="Training text: a .txt file, a folder with train.txt, or 'general' "
                                            "(installed packages' descriptions and licenses; see --exclude). "
                                            "'-' for proxy / poe / contrastive (they only reference models)."),
-    kind: str = typer.Option(..., "--kind", help="lora, full, distill, knn, proxy, poe or contrastive."),
+    kind: str = typer.Option(..., "--kind", help="lora, full, distill, knn, proxy, poe, contrastive or knowledge "
+                                                 "(black-box: wraps --base as the SM; with a corpus, LoRA-tunes it into OUT-sm first)."),
     base: str = typer.Option("smollm2", "--base", help="Model to train from / the LLM (name, hub id, folder, or a "
                                                        "trained model adapter for full / distill --init)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Adapter folder to write (e.g. adapters/NAME)."),
@@ -70,7 +71,16 @@ def train(
 
         if kind not in KINDS:
             raise RagkitError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
-        if kind in ("proxy", "poe", "contrastive"):
+        if kind == "knowledge":  # black-box: wrap an SM; with a corpus, LoRA-tune --base on it first (OUT-sm)
+            from .adapters.knowledge import make_knowledge_adapter
+
+            sm = base
+            if corpus != "-":
+                sm = tr.finetune(base, tr.read_corpus(corpus), Path(f"{out_dir}-sm"), kind="lora", steps=steps,
+                                 block=block, batch=batch, lr=lr, lora_r=lora_r, lora_alpha=2 * lora_r,
+                                 threads=threads, seed=seed, corpus_name=corpus, log_every=log_every)
+            path = make_knowledge_adapter(out_dir, str(sm))
+        elif kind in ("proxy", "poe", "contrastive"):
             models = {"proxy": {"expert": expert, "anti_expert": anti_expert}, "poe": {"small": small},
                       "contrastive": {"amateur": small}}[kind]
             path = lg.create(kind, out_dir, {r: m for r, m in models.items() if m}, base)
