@@ -65,7 +65,7 @@ def index(
     overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
     dense_index: str = typer.Option("flat", help="flat (exact), hnsw or ivfpq."),
     colbert_checkpoint: str = typer.Option("default", help="ColBERT checkpoint folder or hub id ('default': untrained MiniLM)."),
-    colbert_engine: str = typer.Option("exact", help="ColBERT index engine: exact or plaid (needs ragkit[colbert])."),
+    colbert_engine: str = typer.Option("exact", help="ColBERT index engine: exact (plaid is not available yet)."),
     bm25_method: str = typer.Option("lucene", help="lucene, robertson, atire, bm25l, bm25+ or okapi (rank-bm25)."),
     stopwords: str = typer.Option("en", help="Stop-word list for BM25 ('en' or 'none')."),
     stemmer: str = typer.Option("english", help="Snowball stemmer for BM25 ('english', ... or 'none')."),

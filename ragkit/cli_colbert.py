@@ -61,7 +61,7 @@ def train(
                 triples = synthesize_triples(docs, n, seed)
             source = "synthetic (sentence as query, BM25 hard negative)"
         cli.err.print(f"{len(triples)} triples ({source}); {steps} steps of {batch_size}")
-        res = train_colbert(triples, out_dir, config, corpus_texts=[d.text for d in docs], show_progress=True,
+        res = train_colbert(triples, out_dir, config, corpus_texts=[d.text for d in docs], show_progress=None,
                             log=cli.err.print)
     except (RagkitError, ValueError) as e:
         cli._fail(e)

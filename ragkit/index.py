@@ -308,25 +308,17 @@ def _check_encoder(path: Path, built: dict, given: dict) -> None:
 
 
 def _colbert_retriever(config: ColBERTConfig, model=None) -> Retriever:
-    """A new ColBERT retriever for the configured engine (the checkpoint loaded unless given)."""
+    """A new ColBERT retriever (the checkpoint loaded unless given)."""
     from .models.colbert import ColBERTModel
 
     if model is None or isinstance(model, str):
         model = ColBERTModel.from_pretrained(model or config.checkpoint)
-    if config.engine == "plaid":
-        from .retrieve.plaid import PlaidRetriever
-
-        return PlaidRetriever(model, config)
     from .retrieve.colbert import ColBERTRetriever
 
     return ColBERTRetriever(model, config)
 
 
 def _load_colbert(path: Path, config: ColBERTConfig, model=None) -> Retriever:
-    if config.engine == "plaid":
-        from .retrieve.plaid import PlaidRetriever
-
-        return PlaidRetriever.load(path, model)
     from .retrieve.colbert import ColBERTRetriever
 
     return ColBERTRetriever.load(path, model)

@@ -221,7 +221,7 @@ def train_colbert(triples: Sequence[Triple], out_dir: str | Path, config: TrainC
                   log: Callable[[str], None] | None = None) -> dict:
     """Train and save a ColBERT checkpoint to `out_dir`; resumes from `out_dir/train_state` when present.
     Returns a summary: steps, first/last losses (mean of 10 steps), seconds."""
-    from .progress import progress_bar
+    from .progress import default_enabled, progress_bar
 
     config = config or TrainConfig()
     out = Path(out_dir)
@@ -256,26 +256,28 @@ def train_colbert(triples: Sequence[Triple], out_dir: str | Path, config: TrainC
         step, losses, order_seed = state["step"], state["losses"], state["order_seed"]
         if log:
             log(f"resuming from step {step} ({out / STATE})")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config))
-    for _ in range(step):
-        sched.step()
+    schedule, base_lrs = _schedule(config), [g["lr"] for g in opt.param_groups]
     order = np.random.default_rng(order_seed).permutation(
         np.resize(np.arange(len(triples)), config.steps * config.batch_size))
     model.train()
     t0 = time.perf_counter()
+    show_bar = default_enabled() if show_progress is None else show_progress
     with progress_bar("training colbert", config.steps, show_progress) as advance:
         advance(step)
         while step < config.steps:
             batch = [triples[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]]
+            for group, lr in zip(opt.param_groups, base_lrs):
+                group["lr"] = lr * schedule(step)
             loss = contrastive_loss(model, batch)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            sched.step()
             losses.append(round(loss.item(), 5))
             step += 1
             advance(1)
+            if log and not show_bar and (step % 10 == 0 or step == config.steps):
+                log(f"step {step}/{config.steps} loss {np.mean(losses[-10:]):.4f} ({time.perf_counter() - t0:.0f}s)")
             if config.save_every and step % config.save_every == 0 and step < config.steps:
                 _save_state(out, model, opt, step, losses, config, order_seed)
     model.eval()

@@ -202,3 +202,27 @@ def test_cli_index_search_info_and_colbert_info(tmp_path, docs):
     r = runner.invoke(app, ["index", str(corpus), "--out", str(tmp_path / "x"), "--retrievers", "colbert",
                             "--colbert-engine", "nope"])
     assert r.exit_code == 2 and "unknown ColBERT engine" in r.output
+    r = runner.invoke(app, ["index", str(corpus), "--out", str(tmp_path / "x"), "--retrievers", "colbert",
+                            "--colbert-engine", "plaid"])
+    assert r.exit_code == 2 and "not available" in r.output and not (tmp_path / "x").exists()
+
+
+def test_colbert_ai_loads_the_checkpoint_and_encodes_the_same(tmp_path):
+    pytest.importorskip("colbert", reason="colbert-ai not installed (pip install 'ragkit[colbert]')")
+    from colbert.modeling.tokenization import DocTokenizer, QueryTokenizer
+
+    from ragkit.models.colbert import load_with_colbert_ai
+
+    ours = ColBERTModel.from_pretrained("default", dim=32, seed=2)
+    ours.save_pretrained(tmp_path / "ck")
+    theirs, config = load_with_colbert_ai(tmp_path / "ck")
+    assert config.dim == 32 and config.query_maxlen == 32
+    with torch.no_grad():
+        ids, mask = QueryTokenizer(config, verbose=0).tensorize(["what is late interaction"])
+        assert torch.equal(ids, ours.tokenize_queries(["what is late interaction"])[0])
+        q = torch.nn.functional.normalize(theirs.linear(theirs.LM(ids, attention_mask=mask)[0]), dim=-1)
+        assert torch.allclose(q, ours.encode_queries(["what is late interaction"])[0], atol=1e-5)
+        ids, mask = DocTokenizer(config).tensorize(["Late interaction, on a CPU."])
+        d = torch.nn.functional.normalize(theirs.linear(theirs.LM(ids, attention_mask=mask)[0]), dim=-1)
+        mine, keep = ours.doc_tensors(*ours.tokenize_docs(["Late interaction, on a CPU."]))
+        assert torch.allclose(d[0][keep[0]], mine[0][keep[0]], atol=1e-5) and int((~keep).sum()) == 2  # "," "."

@@ -326,3 +326,27 @@ def _quietly(fn, *args, **kw):
         return fn(*args, **kw)
     finally:
         logging.set_verbosity(level)
+
+
+def load_with_colbert_ai(path: str | os.PathLike):
+    """(colbert-ai's HF_ColBERT model, its ColBERTConfig) for a checkpoint folder, with the one shim
+    transformers 5 needs: HF_ColBERT.__init__ calls `init_weights()`, and transformers 5 requires
+    `post_init()` instead (else: "'HF_ColBERT' object has no attribute 'all_tied_weights_keys'").
+    Needs `pip install 'ragkit[colbert]'`."""
+    from colbert.infra import ColBERTConfig as ColBERTAIConfig
+    from colbert.modeling.hf_colbert import class_factory
+
+    path = str(path)
+    config = ColBERTAIConfig.load_from_checkpoint(path)
+    config.checkpoint = path
+    hf_colbert = class_factory(path)
+    original = hf_colbert.init_weights
+
+    def init_weights(self):
+        if self.__dict__.get("_ragkit_post_init"):  # post_init() calls init_weights() itself
+            return original(self)
+        self.__dict__["_ragkit_post_init"] = True
+        self.post_init()
+
+    hf_colbert.init_weights = init_weights
+    return _quietly(hf_colbert.from_pretrained, path, colbert_config=config).eval(), config

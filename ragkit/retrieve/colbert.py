@@ -9,7 +9,7 @@ segment max); the best `candidates` chunks are then scored exactly. Adding chunk
 new ones (their tokens are assigned to the existing centroids); deleting drops rows, re-encoding
 nothing.
 
-Engine `plaid`: colbert-ai's PLAID index (compressed residuals), see `ragkit.retrieve.plaid`.
+Engine `plaid` (colbert-ai's PLAID index) is not implemented yet: the config rejects it clearly.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from ..errors import IndexFormatError
 from ..models.colbert import DEFAULT_COLBERT, ColBERTModel
 from .base import Ranking, Retriever
 
-ENGINES = ("exact", "plaid")
+ENGINES = ("exact",)
 
 
 @dataclass
@@ -38,9 +38,11 @@ class ColBERTConfig:
     candidates: int = 256               # chunks scored exactly after the centroid stage
     centroid_min_tokens: int = 200_000  # fewer stored tokens: score every chunk exactly
     n_centroids: int = 0                # 0: about 2·sqrt(tokens), a power of two (64..4096)
-    nbits: int = 2                      # plaid: residual bits per dimension (2 or 4)
 
     def __post_init__(self) -> None:
+        if self.engine == "plaid":
+            raise ValueError("ColBERT engine 'plaid' (colbert-ai's PLAID index) is not available in this version of "
+                             "ragkit yet; use engine 'exact' (its centroid candidate stage scales to large corpora)")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown ColBERT engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.checkpoint not in (DEFAULT_COLBERT, "") and os.path.isdir(self.checkpoint):
@@ -62,8 +64,6 @@ class ColBERTRetriever(Retriever):
     def __init__(self, model: ColBERTModel, config: ColBERTConfig | None = None) -> None:
         self.model = model
         self.config = config or ColBERTConfig()
-        if self.config.engine != "exact":
-            raise ValueError("ColBERTRetriever is the exact engine; use ragkit.retrieve.plaid for engine='plaid'")
         self.ids: list[str] = []
         self.lengths = np.zeros(0, dtype=np.int64)
         self.emb = np.zeros((0, model.dim), dtype=np.float16)
