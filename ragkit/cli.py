@@ -129,6 +129,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print hits as JSON lines."),
 ) -> None:
     """Search an index and print ranked hits with their sources."""
+    _query_threads()
     idx = _load(index_dir)
     try:
         hits = idx.search(query, k=k, retriever=retriever)
@@ -250,9 +251,19 @@ def _config_with_adapters(config_file, adapters):
     return config
 
 
+def _query_threads() -> None:
+    """Query-time thread policy: one torch thread (queries and decoding; prompt prefill asks for its
+    own `llm.prefill_threads`). Two OpenMP threads on 2 busy cores made a 40 ms query take ~1 s."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapters=None):
     """A Pipeline from an optional YAML file plus command-line overrides."""
     from .pipeline import Pipeline
+
+    _query_threads()
 
     config = _config_with_adapters(config_file, adapters)
     if index_dir:
@@ -417,10 +428,6 @@ from .cli_adapter import adapter_app  # noqa: E402 - `ragkit adapter ...` (white
 
 app.add_typer(adapter_app, name="adapter")
 
-if __name__ == "__main__":  # pragma: no cover
-    app(sys.argv[1:])
-
-
 @app.command()
 def serve(
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML (index, LLM, retrieval, server)."),
@@ -443,3 +450,7 @@ def serve(
         run_server(config, host, port, log_level)
     except (RagkitError, ImportError) as e:
         _fail(e)
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m ragkit.cli (after every command is defined)
+    app(sys.argv[1:])

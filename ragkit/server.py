@@ -475,7 +475,12 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
 
 def serve(config: PipelineConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Load the pipeline once and serve it until interrupted."""
+    import torch
     import uvicorn
 
+    # Query encoding runs in the server's worker threads: on one torch thread, as everywhere in
+    # ragkit at query time (two OpenMP threads on 2 busy cores made a 40 ms query take ~1 s).
+    # Prompt prefill still asks for its own `llm.prefill_threads` around each forward pass.
+    torch.set_num_threads(1)
     app = create_app(Pipeline.from_config(config), config)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
