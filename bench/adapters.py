@@ -30,15 +30,22 @@ def main() -> None:
     ap.add_argument("--proxy", default=str(ROOT / "adapters" / "pydocs-proxy"))
     ap.add_argument("--lora", default=str(ROOT / "adapters" / "pydocs-lora"))
     ap.add_argument("--text", default=str(ROOT / "corpora" / "pydocs-lm" / "test.txt"))
-    ap.add_argument("--max-tokens", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=8192, help="held-out tokens scored (the first N of the text)")
+    ap.add_argument("--stride", type=int, default=384, help="new tokens scored per 512-token window")
+    ap.add_argument("--from-eval", default=None, help="reuse the JSON of a `ragkit adapter eval --json` run of the "
+                                                      "same adapters instead of measuring again")
     ap.add_argument("--speed-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     for p in (args.knn, args.proxy, args.lora, args.text):
         if not Path(p).exists():
             sys.exit(f"missing {p}: build the split and adapters first (README, 'Domain adapters')")
-    r = evaluate([args.knn, args.proxy], Path(args.text).read_text(encoding="utf-8"), lora=args.lora,
-                 max_tokens=args.max_tokens, speed_tokens=args.speed_tokens, speed_repeats=args.repeats)
+    if args.from_eval:
+        r = json.loads(Path(args.from_eval).read_text())
+    else:
+        r = evaluate([args.knn, args.proxy], Path(args.text).read_text(encoding="utf-8"), lora=args.lora,
+                     max_tokens=args.max_tokens, stride=args.stride, speed_tokens=args.speed_tokens,
+                     speed_repeats=args.repeats)
     names = [a["name"] for a in r["adapters"]]
     sysr = r["systems"]
     pick = ("ppl", "ppl_reduction", "gap_closed", "speed_ratio", "decode_tokens_per_s")
@@ -59,7 +66,9 @@ def main() -> None:
               "held_out": {"text": str(Path(args.text).relative_to(ROOT)) if Path(args.text).is_relative_to(ROOT)
                            else args.text, "tokens": r["tokens"], "window": r["window"], "stride": r["stride"],
                            "split_overlap": json.loads(split.read_text())["overlap"] if split.is_file() else None},
-              "threads": r["threads"], "speed_tokens": args.speed_tokens, "speed_repeats": args.repeats,
+              "measured_by": f"ragkit adapter eval (JSON {args.from_eval})" if args.from_eval else "bench/adapters.py",
+              "threads": r["threads"], "speed_tokens": r.get("speed_tokens", args.speed_tokens),
+              "speed_repeats": r.get("speed_repeats", args.repeats),
               "timing_note": "shared 2-core machine with other jobs running: decode timings are noisy (load1 below)",
               "load1_during_eval": r["load1"], "environment": environment()}
     print(format_table(r))

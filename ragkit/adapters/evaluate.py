@@ -244,7 +244,7 @@ def evaluate(adapters: Sequence[Any], text: str, llm: Any = "smollm2", lora: Any
             "adapters": [{"name": a.name, "kind": a.kind, "path": str(a.path), "params": a.manifest.get("params", {}),
                           "params_stacked": a.manifest.get("params_stacked", {})} for a in loaded],
             "lora": str(lora) if lora is not None else None, "systems": rows,
-            "eval_seconds": round(eval_s, 1),
+            "eval_seconds": round(eval_s, 1), "speed_tokens": speed_tokens, "speed_repeats": speed_repeats,
             "threads": {"perplexity": threads, "decode": 1, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
             "load1": round(os.getloadavg()[0], 2)}
 

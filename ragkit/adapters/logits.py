@@ -268,8 +268,18 @@ class KNNLMProcessor(_Processor):
 
     def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(squared distances [N, k], value token ids [N, k]) of the k nearest keys."""
+        import faiss
+
         q = queries.detach().float().contiguous().numpy()
-        d, i = self.index.search(q, self.k)
+        if len(q) <= 4:  # one decode step: a single faiss thread (OpenMP threads stall on shared cores)
+            before = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                d, i = self.index.search(q, self.k)
+            finally:
+                faiss.omp_set_num_threads(before)
+        else:
+            d, i = self.index.search(q, self.k)
         i = torch.from_numpy(i)
         return torch.from_numpy(d).float(), self.values[i.clamp_min(0)].masked_fill(i < 0, 0)
 
