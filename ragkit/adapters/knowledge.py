@@ -292,10 +292,12 @@ def make_knowledge_adapter(out: str | Path, sm: str = "default", **params: Any) 
     if unknown:
         raise AdapterError(f"unknown knowledge parameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_PARAMS)}")
     out = Path(out)
-    sm_ref = str(Path(sm).resolve()) if Path(sm).is_dir() else sm
+    sm_path = Path(sm).resolve() if Path(sm).is_dir() else None
+    # a sibling folder (e.g. adapters/NAME-sm beside adapters/NAME) is stored by name: the pair can move together
+    sm_ref = sm if sm_path is None else sm_path.name if sm_path.parent == out.resolve().parent else str(sm_path)
     base = sm_ref
-    if Path(sm_ref).is_dir() and (Path(sm_ref) / "manifest.json").is_file():
-        base = json.loads((Path(sm_ref) / "manifest.json").read_text(encoding="utf-8")).get("base_model", sm_ref)
+    if sm_path is not None and (sm_path / "manifest.json").is_file():
+        base = json.loads((sm_path / "manifest.json").read_text(encoding="utf-8")).get("base_model", sm_ref)
     manifest = new_manifest(KIND, base, params={**DEFAULT_PARAMS, **params, "sm": sm_ref},
                             training={"sm": sm_ref})
     return write_adapter(out, manifest, lambda tmp: None)
