@@ -158,10 +158,11 @@ class ColBERTRetriever(Retriever):
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows):
             return np.zeros(0, dtype=np.float32)
-        starts, ends = self.offsets[rows], self.offsets[rows + 1]
-        index = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+        starts, lengths = self.offsets[rows], self.lengths[rows]
+        # token positions of every row, back to back: start of its row + position inside it
+        index = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
         tokens = torch.from_numpy(np.asarray(self.emb[index], dtype=np.float32))
-        return segment_maxsim(q, tokens, ends - starts)
+        return segment_maxsim(q, tokens, lengths)
 
     def score(self, query: str, chunk_ids: Sequence[str]) -> list[float]:
         """MaxSim scores of stored chunks (used by reranking); a chunk not stored is a KeyError."""
