@@ -215,6 +215,19 @@ def test_remote_backend_takes_prompt_adapters_and_refuses_logits_adapters(index)
         pipe = Pipeline(index, remote, PipelineConfig(generation=SHORT), adapters=[StaticKnowledge("- Aspirin helps.")])
         answer = pipe.ask(QUESTION)
         assert answer.text == "saw knowledge: yes" and answer.knowledge == "- Aspirin helps."
+        # ragkit serve over that pipeline lists the adapter and reports the knowledge section
+        pytest.importorskip("fastapi")
+        from fastapi.testclient import TestClient
+
+        from ragkit.server import create_app
+
+        client = TestClient(create_app(pipe))
+        models = client.get("/v1/models").json()["data"]
+        assert models[0]["ragkit"]["adapters"][0]["name"] == "static"
+        r = client.post("/v1/chat/completions", json={"model": "ragkit", "max_tokens": 8,
+                                                      "messages": [{"role": "user", "content": QUESTION}]}).json()
+        assert r["choices"][0]["message"]["content"] == "saw knowledge: yes"
+        assert r["ragkit"]["knowledge"] == "- Aspirin helps." and r["ragkit"]["adapters"] == ["static"]
     finally:
         server.shutdown()
 
