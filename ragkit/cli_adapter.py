@@ -118,6 +118,7 @@ def fit(
     max_tokens: Optional[int] = typer.Option(None, help="Use only the first N tokens of the text."),
     window: int = typer.Option(512, help="Scoring window (tokens)."),
     stride: int = typer.Option(256, help="New tokens scored per window."),
+    threads: int = typer.Option(1, help="torch threads (1: on shared cores two OpenMP threads were much slower)."),
 ) -> None:
     """Pick the adapter's weight (alpha / w / beta / lambda, kNN temperature) on a validation text by
     perplexity over a grid that includes 0; writes it into the manifest."""
@@ -125,7 +126,7 @@ def fit(
         from .adapters.fit import fit as run_fit
 
         r = run_fit(adapter, _read(text, "--text"), llm=llm, stack_on=stack_on or [], window=window, stride=stride,
-                    max_tokens=max_tokens)
+                    max_tokens=max_tokens, threads=threads)
         out.print(f"fitted {r['params']}: validation ppl {r['ppl']:.3f} (LLM alone {r['base_ppl']:.3f}, "
                   f"{r['tokens']} tokens, {r['seconds']} s)")
     except (RagkitError, ValueError, OSError) as e:
@@ -144,6 +145,7 @@ def eval_(
     stride: int = typer.Option(256, help="New tokens scored per window."),
     speed_tokens: int = typer.Option(48, help="Tokens decoded per speed run (0: skip the speed test)."),
     no_stack: bool = typer.Option(False, help="Do not score the adapters stacked."),
+    threads: int = typer.Option(1, help="torch threads for perplexity (decoding always runs on 1)."),
 ) -> None:
     """Held-out perplexity of the LLM alone, with each adapter, stacked, and LoRA-tuned; gap closed;
     decode tokens/s ratios."""
@@ -151,7 +153,7 @@ def eval_(
         from .adapters.evaluate import evaluate, format_table
 
         r = evaluate(adapters, _read(text, "--text"), llm=llm, lora=lora, stack=not no_stack, window=window,
-                     stride=stride, max_tokens=max_tokens, speed_tokens=speed_tokens)
+                     stride=stride, max_tokens=max_tokens, speed_tokens=speed_tokens, threads=threads)
         out.print(format_table(r), highlight=False)
         out.print(f"{r['tokens']} held-out tokens; perplexity on {r['threads']['perplexity']} torch threads, "
                   f"decoding on 1; load average {r['load1']}")

@@ -139,6 +139,20 @@ def test_cached_steps_equal_full_recompute_and_batched_path(tiny, name):
         assert side.cache.get_seq_length() == ids.shape[1]
 
 
+def test_knn_target_logprob_fast_path_equals_combine(tiny):
+    p = make_processors(tiny)["knn"]
+    ids = tiny["ids"]
+    head = capture_lm_head_input(tiny["llm"])
+    with torch.no_grad():
+        logits = tiny["llm"](input_ids=ids).logits[0, :-1].float()
+        side = p.batched_side(ids, head._ragkit_lm_head_input[0, :-1])
+    targets = ids[0, 1:]
+    for lam, temp in [(0.3, 5.0), (0.9, 0.5), (1.0, 2.0)]:
+        p.lam, p.temperature = lam, temp
+        full = torch.log_softmax(p.combine(logits, side), -1).gather(1, targets.view(-1, 1))[:, 0]
+        assert torch.allclose(p.target_logprob(logits, side, targets), full, atol=1e-4)
+
+
 def test_side_cache_resets_for_a_new_sequence(tiny):
     p = make_processors(tiny)["proxy"]
     ids = tiny["ids"]

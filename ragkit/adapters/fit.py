@@ -62,8 +62,12 @@ def fit(adapter: Any, text: str, llm: Any = "smollm2", grid: dict[str, Sequence[
             for p in points:
                 for k, v in zip(keys, p):
                     setattr(proc, ATTRS[k], float(v))
-                s = scores if proc.is_identity() else proc.combine(scores, side)
-                nll[p] += target_nll(s, targets)
+                if proc.is_identity():
+                    nll[p] += target_nll(scores, targets)
+                elif hasattr(proc, "target_logprob"):  # kNN-LM: O(k) per position, same value as combine
+                    nll[p] += float(-proc.target_logprob(scores, side, targets).sum())
+                else:
+                    nll[p] += target_nll(proc.combine(scores, side), targets)
             advance(1)
         scorer.run(cb)
     n = scorer.n_targets

@@ -271,15 +271,14 @@ class KNNLMProcessor(_Processor):
         import faiss
 
         q = queries.detach().float().contiguous().numpy()
-        if len(q) <= 4:  # one decode step: a single faiss thread (OpenMP threads stall on shared cores)
-            before = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)
-            try:
-                d, i = self.index.search(q, self.k)
-            finally:
-                faiss.omp_set_num_threads(before)
-        else:
+        # faiss on as many OpenMP threads as torch has now (1 per decode step under ragkit's policy):
+        # extra OpenMP threads stall on shared cores
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1 if len(q) <= 4 else max(1, torch.get_num_threads()))
+        try:
             d, i = self.index.search(q, self.k)
+        finally:
+            faiss.omp_set_num_threads(before)
         i = torch.from_numpy(i)
         return torch.from_numpy(d).float(), self.values[i.clamp_min(0)].masked_fill(i < 0, 0)
 
@@ -303,6 +302,19 @@ class KNNLMProcessor(_Processor):
         p = torch.zeros(d.shape[0], width, dtype=torch.float32)
         p.scatter_add_(1, v, w.exp())
         return p.clamp_min(1e-30).log()
+
+    def target_logprob(self, scores: torch.Tensor, side: Any, targets: torch.Tensor) -> torch.Tensor:
+        """`combine(scores, side)` gathered at `targets` (log-probs [n]), in O(k) per position: what
+        fitting λ and the temperature needs (tests check it against `combine`)."""
+        lp = F.log_softmax(scores.float(), -1).gather(1, targets.view(-1, 1))[:, 0]
+        if self.lam == 0.0 or side is None:
+            return lp
+        d, v = side
+        w = F.log_softmax(-d / self.temperature, -1).masked_fill(v != targets.view(-1, 1), -math.inf)
+        lk = torch.logsumexp(w, -1).clamp_min(math.log(1e-30))
+        if self.lam >= 1.0:
+            return lk
+        return torch.logaddexp(math.log1p(-self.lam) + lp, math.log(self.lam) + lk)
 
     def combine(self, scores, side):
         lp = F.log_softmax(scores.float(), -1)
