@@ -259,27 +259,6 @@ class ColBERTModel(torch.nn.Module):
         except (TypeError, IndexError, AttributeError):
             return False
 
-def maxsim(q: torch.Tensor, q_mask: torch.Tensor | None, d: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
-    """Late-interaction scores of one query (Lq, dim) against padded documents (N, Ld, dim) → (N,)."""
-    sim = torch.einsum("qh,nlh->nql", q, d)
-    sim = sim.masked_fill(~d_mask.unsqueeze(1), float("-inf")).max(dim=2).values  # (N, Lq)
-    sim = torch.where(torch.isinf(sim), torch.zeros_like(sim), sim)
-    if q_mask is not None:
-        sim = sim * q_mask.unsqueeze(0)
-    return sim.sum(dim=1)
-
-
-def pad_docs(arrays: Sequence[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack variable-length (tokens × dim) arrays into a zero-padded float32 batch and its mask."""
-    width = max((len(a) for a in arrays), default=0) or 1
-    batch = np.zeros((len(arrays), width, dim), dtype=np.float32)
-    mask = np.zeros((len(arrays), width), dtype=bool)
-    for i, a in enumerate(arrays):
-        batch[i, :len(a)] = a
-        mask[i, :len(a)] = True
-    return torch.from_numpy(batch), torch.from_numpy(mask)
-
-
 def _read_tensor(folder: Path, key: str) -> torch.Tensor | None:
     """One tensor from a checkpoint's model.safetensors (or pytorch_model.bin, loaded weights-only)."""
     st = folder / "model.safetensors"
