@@ -226,3 +226,15 @@ def test_colbert_ai_loads_the_checkpoint_and_encodes_the_same(tmp_path):
         d = torch.nn.functional.normalize(theirs.linear(theirs.LM(ids, attention_mask=mask)[0]), dim=-1)
         mine, keep = ours.doc_tensors(*ours.tokenize_docs(["Late interaction, on a CPU."]))
         assert torch.allclose(d[0][keep[0]], mine[0][keep[0]], atol=1e-5) and int((~keep).sum()) == 2  # "," "."
+
+
+def test_index_config_needs_no_torch_and_agrees_with_the_model_default():
+    import subprocess
+    import sys
+
+    from ragkit.models.colbert import DEFAULT_COLBERT as model_default
+    from ragkit.retrieve.colbert import DEFAULT_COLBERT
+
+    assert DEFAULT_COLBERT == model_default
+    code = "import sys, ragkit.cli, ragkit.index; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing the CLI pulled in torch"

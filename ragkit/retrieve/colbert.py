@@ -19,13 +19,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ..chunking import Chunk
 from ..errors import IndexFormatError
-from ..models.colbert import DEFAULT_COLBERT, ColBERTModel
 from .base import Ranking, Retriever
+
+if TYPE_CHECKING:  # torch and the model load only when ColBERT is used: `ragkit info` and BM25-only
+    import torch   # indexes stay free of the ~3 s torch import
+
+    from ..models.colbert import ColBERTModel
+
+DEFAULT_COLBERT = "default"  # the same value as ragkit.models.colbert.DEFAULT_COLBERT (checked by a test)
 
 ENGINES = ("exact",)
 
@@ -133,6 +140,8 @@ class ColBERTRetriever(Retriever):
         self.codes = self._assign(self.emb)
 
     def _assign(self, emb: np.ndarray) -> np.ndarray:
+        import torch
+
         out = np.empty(len(emb), dtype=np.int32)
         c = torch.from_numpy(self.centroids)
         for start in range(0, len(emb), 65536):
@@ -142,6 +151,8 @@ class ColBERTRetriever(Retriever):
 
     def _candidates(self, q: torch.Tensor, n: int) -> np.ndarray:
         """Rows of the `n` chunks with the best centroid-interaction scores."""
+        import torch
+
         s = (q @ torch.from_numpy(self.centroids).T).numpy()  # Lq × centroids
         approx = np.maximum.reduceat(s[:, self.codes], self.offsets[:-1], axis=1).sum(axis=0)
         if n >= len(approx):
@@ -161,6 +172,8 @@ class ColBERTRetriever(Retriever):
         starts, lengths = self.offsets[rows], self.lengths[rows]
         # token positions of every row, back to back: start of its row + position inside it
         index = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
+        import torch
+
         tokens = torch.from_numpy(np.asarray(self.emb[index], dtype=np.float32))
         return segment_maxsim(q, tokens, lengths)
 
@@ -209,6 +222,8 @@ class ColBERTRetriever(Retriever):
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise IndexFormatError(f"ColBERT index in {path} is missing or damaged: {e}") from e
         if model is None or isinstance(model, str):
+            from ..models.colbert import ColBERTModel
+
             model = ColBERTModel.from_pretrained(model or config.checkpoint)
         check_checkpoint(path, built, model.describe())
         r = cls(model, config)
