@@ -34,7 +34,7 @@ $(DEMO_INDEX)/manifest.json: $(DEMO_CORPUS)
 
 demo: install $(DEMO_INDEX)/manifest.json
 	$(BIN)/ragkit info $(DEMO_INDEX)
-	$(BIN)/ragkit ask "How do I read a text file line by line?" --index $(DEMO_INDEX) -k 3 --max-new-tokens 120
+	$(BIN)/ragkit ask "How do I read a text file line by line?" --index $(DEMO_INDEX) -k 3 --max-new-tokens 96
 
 # Benchmarks (need ../shared/datasets or $RAGKIT_DATASETS); results go to bench/results/.
 bench: install
