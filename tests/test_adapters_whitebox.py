@@ -265,6 +265,12 @@ def test_knn_datastore_retrieves_the_memorised_next_token(smollm, tmp_path):
     d, v = proc.search(proc.head._ragkit_lm_head_input[:, -1])
     assert float(d[0, 0]) < 1e-3 and int(v[0, 0]) == want
     assert int(proc(ctx, scores).argmax()) == want
+    # label scoring (eval-qa) on a freshly loaded model: the hook must be in place before its first forward
+    from ragkit.llm.hf import HFCausalLM
+
+    fresh = HFCausalLM.from_pretrained("smollm2")
+    fresh.logits_adapters = [a]
+    assert int(fresh.next_token_logits("The vault password is zebra crossing").argmax()) == want
 
 
 def test_vocabulary_mismatch_names_both_tokenizers(smollm, tmp_path):

@@ -308,8 +308,10 @@ class HFCausalLM(LLM):
         import torch
 
         ids = self.encode_prompt(prompt)
+        # processors are made before the forward pass: kNN-LM hooks the lm_head input on creation
+        processors = [adapter.logits_processor(self) for adapter in self.logits_adapters]
         with _torch_threads(self.prefill_threads or self.threads), torch.inference_mode():
             scores = self.model(input_ids=ids, logits_to_keep=1).logits[:, -1].float()
-            for adapter in self.logits_adapters:
-                scores = adapter.logits_processor(self)(ids, scores)
+            for processor in processors:
+                scores = processor(ids, scores)
             return scores[0]
