@@ -20,8 +20,9 @@ KINDS = ("lora", "full", "distill", "knn", "proxy", "poe", "contrastive", "knowl
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
-    raise typer.Exit(2)
+    from .cli import _fail as fail  # one error format for every ragkit command (imported late: cli imports us)
+
+    fail(e)
 
 
 def _read(path: Path, what: str) -> str:
