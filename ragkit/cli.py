@@ -65,7 +65,9 @@ def index(
     overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
     dense_index: str = typer.Option("flat", help="flat (exact), hnsw or ivfpq."),
     colbert_checkpoint: str = typer.Option("default", help="ColBERT checkpoint folder or hub id ('default': untrained MiniLM)."),
-    colbert_engine: str = typer.Option("exact", help="ColBERT index engine: exact (plaid is not available yet)."),
+    colbert_engine: str = typer.Option("exact", help="ColBERT index engine: exact (float16 vectors, exact MaxSim) or "
+                                       "plaid (colbert-ai's compressed PLAID index; pip install 'ragkit[colbert]')."),
+    colbert_nbits: int = typer.Option(2, help="ColBERT engine plaid: residual bits per dimension (1, 2 or 4)."),
     bm25_method: str = typer.Option("lucene", help="lucene, robertson, atire, bm25l, bm25+ or okapi (rank-bm25)."),
     stopwords: str = typer.Option("en", help="Stop-word list for BM25 ('en' or 'none')."),
     stemmer: str = typer.Option("english", help="Snowball stemmer for BM25 ('english', ... or 'none')."),
@@ -88,7 +90,7 @@ def index(
             bm25=BM25Config(method=bm25_method, stopwords=None if stopwords == "none" else stopwords,
                             stemmer=None if stemmer == "none" else stemmer),
             dense=DenseConfig(index=FaissConfig(kind=dense_index)),
-            colbert=ColBERTConfig(checkpoint=colbert_checkpoint, engine=colbert_engine))
+            colbert=ColBERTConfig(checkpoint=colbert_checkpoint, engine=colbert_engine, nbits=colbert_nbits))
         report = LoadReport()
         with err.status(f"reading {corpus}"):
             docs = load_corpus(corpus, format, report=report, strict=strict, id_field=id_field,
@@ -207,7 +209,8 @@ def info(
     for name, r in m["retrievers"].items():
         detail = (f"{r['method']} k1={r['k1']} b={r['b']} stopwords={r['stopwords']} stemmer={r['stemmer']}"
                   if name == "bm25" else f"faiss {r['index']['kind']}" if name == "dense"
-                  else f"{r['engine']}, checkpoint {r['model']['id']} (dim {r['model']['dim']}), {r['tokens']} token vectors")
+                  else f"{r['engine']}{' %d-bit' % r.get('nbits', 2) if r['engine'] == 'plaid' else ''}, checkpoint "
+                       f"{r['model']['id']} (dim {r['model']['dim']}), {r['tokens']} token vectors")
         t.add_row(name, detail)
     out.print(t)
 

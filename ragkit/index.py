@@ -313,12 +313,20 @@ def _colbert_retriever(config: ColBERTConfig, model=None) -> Retriever:
 
     if model is None or isinstance(model, str):
         model = ColBERTModel.from_pretrained(model or config.checkpoint)
+    if config.engine == "plaid":  # colbert-ai is imported only for this engine
+        from .retrieve.colbert_plaid import PlaidRetriever
+
+        return PlaidRetriever(model, config)
     from .retrieve.colbert import ColBERTRetriever
 
     return ColBERTRetriever(model, config)
 
 
 def _load_colbert(path: Path, config: ColBERTConfig, model=None) -> Retriever:
+    if config.engine == "plaid":
+        from .retrieve.colbert_plaid import PlaidRetriever
+
+        return PlaidRetriever.load(path, model)
     from .retrieve.colbert import ColBERTRetriever
 
     return ColBERTRetriever.load(path, model)

@@ -203,8 +203,8 @@ def test_cli_index_search_info_and_colbert_info(tmp_path, docs):
                             "--colbert-engine", "nope"])
     assert r.exit_code == 2 and "unknown ColBERT engine" in r.output
     r = runner.invoke(app, ["index", str(corpus), "--out", str(tmp_path / "x"), "--retrievers", "colbert",
-                            "--colbert-engine", "plaid"])
-    assert r.exit_code == 2 and "not available" in r.output and not (tmp_path / "x").exists()
+                            "--colbert-engine", "plaid", "--colbert-nbits", "3"])
+    assert r.exit_code == 2 and "nbits must be 1, 2 or 4" in r.output and not (tmp_path / "x").exists()
 
 
 def test_colbert_ai_loads_the_checkpoint_and_encodes_the_same(tmp_path):

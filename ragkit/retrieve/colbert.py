@@ -9,7 +9,9 @@ segment max); the best `candidates` chunks are then scored exactly. Adding chunk
 new ones (their tokens are assigned to the existing centroids); deleting drops rows, re-encoding
 nothing.
 
-Engine `plaid` (colbert-ai's PLAID index) is not implemented yet: the config rejects it clearly.
+Engine `plaid` is colbert-ai's PLAID index (token vectors compressed to a centroid id plus 1/2/4-bit
+residuals per dimension, searched in-process by colbert-ai's IndexScorer): `ColBERTConfig(engine="plaid",
+nbits=2)`, implemented in `ragkit.retrieve.colbert_plaid` (needs `pip install 'ragkit[colbert]'`).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:  # torch and the model load only when ColBERT is used: `ragkit
 
 DEFAULT_COLBERT = "default"  # the same value as ragkit.models.colbert.DEFAULT_COLBERT (checked by a test)
 
-ENGINES = ("exact",)
+ENGINES = ("exact", "plaid")
 
 
 @dataclass
@@ -44,14 +46,20 @@ class ColBERTConfig:
     batch_size: int = 32
     candidates: int = 256               # chunks scored exactly after the centroid stage
     centroid_min_tokens: int = 200_000  # fewer stored tokens: score every chunk exactly
-    n_centroids: int = 0                # 0: about 2·sqrt(tokens), a power of two (64..4096)
+    n_centroids: int = 0                # 0: exact: about 2·sqrt(tokens), a power of two (64..4096);
+                                        #    plaid: colbert-ai's 2^floor(log2(16·sqrt(tokens)))
+    # engine "plaid" only (colbert-ai's settings; 0/None: Searcher.dense_search's defaults for k)
+    nbits: int = 2                      # residual bits per dimension: 1, 2 or 4
+    ncells: int = 0                     # centroids probed per query token (k ≤ 10: 1, ≤ 100: 2, else 4)
+    centroid_score_threshold: float | None = None  # centroid pruning (0.5 / 0.45 / 0.4)
+    ndocs: int = 0                      # chunks kept after centroid interaction (256 / 1024 / max(4k, 4096))
+    threads: int = 1                    # torch threads while searching (0: leave torch's setting)
 
     def __post_init__(self) -> None:
-        if self.engine == "plaid":
-            raise ValueError("ColBERT engine 'plaid' (colbert-ai's PLAID index) is not available in this version of "
-                             "ragkit yet; use engine 'exact' (its centroid candidate stage scales to large corpora)")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown ColBERT engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.nbits not in (1, 2, 4):
+            raise ValueError(f"ColBERT PLAID nbits must be 1, 2 or 4, not {self.nbits!r}")
         if self.checkpoint not in (DEFAULT_COLBERT, "") and os.path.isdir(self.checkpoint):
             self.checkpoint = str(Path(self.checkpoint).resolve())  # saved indexes must find it again
 
@@ -221,6 +229,9 @@ class ColBERTRetriever(Retriever):
             config = ColBERTConfig(**{k: v for k, v in meta.items() if k in ColBERTConfig.__dataclass_fields__})
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise IndexFormatError(f"ColBERT index in {path} is missing or damaged: {e}") from e
+        if config.engine != "exact":
+            raise IndexFormatError(f"{path} holds a ColBERT {config.engine!r} index: open it with "
+                                   "ragkit.retrieve.colbert_plaid.PlaidRetriever.load (Index.load does)")
         if model is None or isinstance(model, str):
             from ..models.colbert import ColBERTModel
 
