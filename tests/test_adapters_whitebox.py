@@ -91,9 +91,24 @@ def random_knn(llm_model, n_keys: int = 200, seed: int = 0):
     return index, ids[0, 1:].clone()
 
 
+def same_head_sibling(model, seed: int = 7):
+    """A copy of `model` with the same (tied) head and a perturbed body: a pair like a domain-tuned
+    expert and its anti-expert trained from one small model with frozen embeddings."""
+    import copy
+
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, w in other.named_parameters():
+            if "embed" not in name and "lm_head" not in name:
+                w.add_(0.2 * torch.randn(w.shape, generator=g))
+    return other
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return {"llm": tiny_model(0), "expert": tiny_model(1), "anti": tiny_model(2), "wide": tiny_model(3, vocab=V + 16),
+            "sibling": same_head_sibling(tiny_model(1)),
             "ids": torch.randint(3, V, (1, 14), generator=torch.Generator().manual_seed(5))}
 
 
@@ -104,7 +119,8 @@ def make_processors(t):
             "mixture": ProductOfExpertsProcessor(t["expert"], w=0.3, mode="mixture"),
             "contrastive": ContrastiveProcessor(t["anti"], beta=0.5, alpha=0.1),
             "knn": KNNLMProcessor(index, values, t["llm"], k=8, temperature=5.0, lam=0.3),
-            "proxy_padded": ProxyTuningProcessor(t["wide"], t["wide"], alpha=1.0)}
+            "proxy_padded": ProxyTuningProcessor(t["wide"], t["wide"], alpha=1.0),
+            "proxy_shared": ProxyTuningProcessor(t["expert"], t["sibling"], alpha=0.7)}
 
 
 # --- exactness -------------------------------------------------------------------------------
@@ -120,7 +136,25 @@ def test_proxy_with_expert_equal_to_anti_expert_returns_the_base_scores(tiny):
     assert torch.equal(p2(tiny["ids"], scores.clone()), scores)
 
 
-@pytest.mark.parametrize("name", ["proxy", "poe", "mixture", "contrastive", "knn", "proxy_padded"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_proxy_equals_the_log_probability_formula_after_softmax(tiny, shared):
+    """scores + α·(z_e − z_a), one head row when the heads are shared, is the proxy-tuning formula
+    scores + α·(log p_e − log p_a) up to a constant per position: equal log-probabilities."""
+    anti = tiny["sibling"] if shared else tiny["anti"]
+    p = ProxyTuningProcessor(tiny["expert"], anti, alpha=0.7)
+    assert p.shared_head is shared
+    ids = tiny["ids"]
+    scores = torch.randn(1, V)
+    with torch.no_grad():
+        got = torch.log_softmax(p(ids, scores.clone()), -1)
+        e = torch.log_softmax(tiny["expert"](input_ids=ids).logits[:, -1].float(), -1)
+        a = torch.log_softmax(anti(input_ids=ids).logits[:, -1].float(), -1)
+    want = torch.log_softmax(scores + 0.7 * (e - a), -1)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, torch.log_softmax(scores, -1), atol=1e-3)  # the adjustment is not a no-op
+
+
+@pytest.mark.parametrize("name", ["proxy", "poe", "mixture", "contrastive", "knn", "proxy_padded", "proxy_shared"])
 def test_cached_steps_equal_full_recompute_and_batched_path(tiny, name):
     p = make_processors(tiny)[name]
     ids, start = tiny["ids"], 6

@@ -1,8 +1,12 @@
 """White-box decode-time adapters: `transformers.LogitsProcessor`s that adjust the LLM's next-token
 scores, usable in plain `model.generate(logits_processor=...)` and through `HFCausalLM.logits_adapters`.
 
-- `ProxyTuningProcessor`: `scores + α·(log p_expert − log p_anti)` (log-prob space; the base
-  scores are left as they are, so expert == anti-expert returns them bit for bit).
+- `ProxyTuningProcessor`: `scores + α·(z_expert − z_anti)` on the small models' logits, which is
+  `scores + α·(log p_expert − log p_anti)` up to a per-position constant that cancels in every
+  softmax (sampling, greedy, perplexity, the next processor). When the expert and anti-expert share
+  their (tied) output head - a pair trained from one small model with frozen embeddings - the
+  difference is one product `W·(h_expert − h_anti)`: one head row per step instead of two. The
+  base scores are left as they are, so expert == anti-expert returns them bit for bit.
 - `ProductOfExpertsProcessor`: `(1−w)·log p_LLM + w·log p_SM` (`mode="product"`) or
   `log((1−w)·p_LLM + w·p_SM)` (`mode="mixture"`).
 - `ContrastiveProcessor`: `log p_LLM − β·log p_amateur` inside the LLM's plausibility set
@@ -93,6 +97,11 @@ class SideModel:
         new = self._new_tokens(input_ids)
         return self.model(input_ids=new, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
 
+    def window_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [T, H] (lm_head inputs) for every position of [1, T], no cache."""
+        _batch1(input_ids)
+        return self.body(input_ids=input_ids, use_cache=False).last_hidden_state[0]
+
     def window_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits [T, V] for every position of one sequence [1, T], no cache (the batched path)."""
         _batch1(input_ids)
@@ -142,7 +151,8 @@ class _Processor(LogitsProcessor):
 
 
 class ProxyTuningProcessor(_Processor):
-    """`scores + α·(log_softmax(expert) − log_softmax(anti_expert))` over the common vocabulary."""
+    """`scores + α·(z_expert − z_anti)` over the common vocabulary (equal, after any softmax, to
+    `scores + α·(log_softmax(expert) − log_softmax(anti_expert))`)."""
 
     def __init__(self, expert: Any, anti_expert: Any, alpha: float = 0.1) -> None:
         self.expert, self.anti = SideModel(expert), SideModel(anti_expert)
@@ -153,21 +163,23 @@ class ProxyTuningProcessor(_Processor):
         return self.alpha == 0.0
 
     def step_side(self, input_ids):
-        if self.shared_head:  # both bodies, then one matrix product for both heads
-            h = torch.cat([self.expert.step_hidden(input_ids), self.anti.step_hidden(input_ids)])
-            logits = self.expert.head(h).float()
-            return logits[0:1], logits[1:2]
-        return self.expert.step_logits(input_ids), self.anti.step_logits(input_ids)
+        if self.shared_head:  # both bodies, then one head row for the difference
+            return self.expert.head(self.expert.step_hidden(input_ids) - self.anti.step_hidden(input_ids)).float()
+        e, a = self.expert.step_logits(input_ids), self.anti.step_logits(input_ids)
+        n = _width(e, a)
+        return e[..., :n] - a[..., :n]
 
     def batched_side(self, input_ids, hidden=None):
-        return self.expert.window_logits(input_ids), self.anti.window_logits(input_ids)
+        if self.shared_head:
+            return self.expert.head(self.expert.window_hidden(input_ids) - self.anti.window_hidden(input_ids)).float()
+        e, a = self.expert.window_logits(input_ids), self.anti.window_logits(input_ids)
+        n = _width(e, a)
+        return e[..., :n] - a[..., :n]
 
-    def combine(self, scores, side):
-        e, a = side
-        n = _width(scores, e)
-        diff = F.log_softmax(e[..., :n], -1) - F.log_softmax(a[..., :n], -1)
+    def combine(self, scores, diff):
+        n = _width(scores, diff)
         out = scores.clone()
-        out[..., :n] = scores[..., :n] + self.alpha * diff
+        out[..., :n] = scores[..., :n] + self.alpha * diff[..., :n]
         return out
 
 
