@@ -55,6 +55,9 @@ def train(
     temperature: float = typer.Option(100.0, help="knn: softmax temperature on squared L2 distances."),
     lam: float = typer.Option(0.25, "--lambda", help="knn: interpolation weight (fit it with `ragkit adapter fit`)."),
     ivf: bool = typer.Option(False, help="knn: IVF index (approximate) instead of exact flat L2."),
+    key: str = typer.Option("lm_head_input", help="knn: the hidden state used as key: lm_head_input (the final "
+                                                  "hidden state) or ffn_input (the input of the last layer's "
+                                                  "feed-forward block)."),
     max_tokens: Optional[int] = typer.Option(None, help="knn: use only the first N tokens of the text."),
     window: int = typer.Option(512, help="knn: tokens per forward window (stride: window - 128 for context)."),
     expert: Optional[str] = typer.Option(None, help="proxy: the domain-tuned small model."),
@@ -103,7 +106,7 @@ def train(
 
                 path = build_datastore(base, text, out_dir, k=k, temperature=temperature, lam=lam, ivf=ivf,
                                        window=window, stride=max(1, window - 128), threads=threads,
-                                       corpus_name=corpus, max_tokens=max_tokens)
+                                       corpus_name=corpus, max_tokens=max_tokens, key=key)
         _print_info(path)
     except (RagkitError, ValueError, OSError) as e:
         _fail(e)

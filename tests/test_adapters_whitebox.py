@@ -77,15 +77,17 @@ def batched_scores(llm_model, processor, ids: torch.Tensor) -> torch.Tensor:
         return combine_chain([processor], logits, [processor.batched_side(ids, hidden)])
 
 
-def random_knn(llm_model, n_keys: int = 200, seed: int = 0):
+def random_knn(llm_model, n_keys: int = 200, seed: int = 0, key: str = "lm_head_input"):
     import faiss
 
-    head = capture_lm_head_input(llm_model)
+    from ragkit.adapters.logits import capture_key
+
+    latest = capture_key(llm_model, key)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, V, (1, n_keys + 1), generator=g)
     with torch.no_grad():
         llm_model(input_ids=ids)
-    keys = head._ragkit_lm_head_input[0, :-1].float().contiguous().numpy()
+    keys = latest()[0, :-1].float().contiguous().numpy()
     index = faiss.IndexFlatL2(keys.shape[1])
     index.add(keys)
     return index, ids[0, 1:].clone()
@@ -112,15 +114,28 @@ def tiny():
             "ids": torch.randint(3, V, (1, 14), generator=torch.Generator().manual_seed(5))}
 
 
+def median_nearest_distance(llm_model, index, ids) -> float:
+    head = capture_lm_head_input(llm_model)
+    with torch.no_grad():
+        llm_model(input_ids=ids)
+    d, _ = index.search(head._ragkit_lm_head_input[0].float().contiguous().numpy(), 1)
+    return float(torch.tensor(d[:, 0]).median())
+
+
 def make_processors(t):
     index, values = random_knn(t["llm"])
+    ffn_index, ffn_values = random_knn(t["llm"], key="ffn_input")
+    edge = median_nearest_distance(t["llm"], index, t["ids"])
     return {"proxy": ProxyTuningProcessor(t["expert"], t["anti"], alpha=0.7),
             "poe": ProductOfExpertsProcessor(t["expert"], w=0.3),
             "mixture": ProductOfExpertsProcessor(t["expert"], w=0.3, mode="mixture"),
             "contrastive": ContrastiveProcessor(t["anti"], beta=0.5, alpha=0.1),
             "knn": KNNLMProcessor(index, values, t["llm"], k=8, temperature=5.0, lam=0.3),
             "proxy_padded": ProxyTuningProcessor(t["wide"], t["wide"], alpha=1.0),
-            "proxy_shared": ProxyTuningProcessor(t["expert"], t["sibling"], alpha=0.7)}
+            "proxy_shared": ProxyTuningProcessor(t["expert"], t["sibling"], alpha=0.7),
+            "knn_ffn": KNNLMProcessor(ffn_index, ffn_values, t["llm"], k=8, temperature=5.0, lam=0.3, key="ffn_input"),
+            "knn_bins": KNNLMProcessor(index, values, t["llm"], k=8, temperature=5.0, lam=0.3,
+                                       lambda_bins={"edges": [edge], "lambdas": [0.8, 0.1]})}
 
 
 # --- exactness -------------------------------------------------------------------------------
@@ -154,7 +169,8 @@ def test_proxy_equals_the_log_probability_formula_after_softmax(tiny, shared):
     assert not torch.allclose(got, torch.log_softmax(scores, -1), atol=1e-3)  # the adjustment is not a no-op
 
 
-@pytest.mark.parametrize("name", ["proxy", "poe", "mixture", "contrastive", "knn", "proxy_padded", "proxy_shared"])
+@pytest.mark.parametrize("name", ["proxy", "poe", "mixture", "contrastive", "knn", "proxy_padded", "proxy_shared",
+                                  "knn_ffn", "knn_bins"])
 def test_cached_steps_equal_full_recompute_and_batched_path(tiny, name):
     p = make_processors(tiny)[name]
     ids, start = tiny["ids"], 6
@@ -185,6 +201,49 @@ def test_knn_target_logprob_fast_path_equals_combine(tiny):
         p.lam, p.temperature = lam, temp
         full = torch.log_softmax(p.combine(logits, side), -1).gather(1, targets.view(-1, 1))[:, 0]
         assert torch.allclose(p.target_logprob(logits, side, targets), full, atol=1e-4)
+
+
+def test_knn_lambda_bins_pick_lambda_by_nearest_distance(tiny):
+    p = make_processors(tiny)["knn_bins"]
+    ids = tiny["ids"]
+    head = capture_lm_head_input(tiny["llm"])
+    with torch.no_grad():
+        logits = tiny["llm"](input_ids=ids).logits[0].float()
+        side = p.batched_side(ids, head._ragkit_lm_head_input[0])
+    d = side[0]
+    near = d[:, 0] < p.lam_bins["edges"][0]
+    assert near.any() and (~near).any()  # both bins occur
+    got = torch.log_softmax(p.combine(logits, side), -1)
+    lp, lk = torch.log_softmax(logits, -1), p.knn_logprobs(side, V)
+    lam = torch.where(near, 0.8, 0.1).view(-1, 1)
+    want = torch.log(lam * lk.exp() + (1 - lam) * lp.exp())
+    assert torch.allclose(got, want, atol=1e-4)
+    targets = ids[0, 1:]
+    fast = p.target_logprob(logits[:-1], (d[:-1], side[1][:-1]), targets)
+    assert torch.allclose(fast, got[:-1].gather(1, targets.view(-1, 1))[:, 0], atol=1e-4)
+    # all-zero bins: an exact identity
+    p.lam_bins = {"edges": [1.0], "lambdas": [0.0, 0.0]}
+    assert p.is_identity() and torch.equal(p(ids, logits[-1:].clone()), logits[-1:])
+    with pytest.raises(AdapterError, match="lambda_bins"):
+        KNNLMProcessor(p.index, p.values, tiny["llm"], lambda_bins={"edges": [1.0], "lambdas": [0.5]})
+
+
+def test_knn_ffn_input_key_is_the_last_feed_forward_input(tiny):
+    from ragkit.adapters.logits import capture_key
+
+    seen = {}
+    mlp = tiny["llm"].model.layers[-1].mlp
+    h = mlp.register_forward_hook(lambda m, args, out: seen.__setitem__("x", args[0]))
+    try:
+        latest = capture_key(tiny["llm"], "ffn_input")
+        with torch.no_grad():
+            tiny["llm"](input_ids=tiny["ids"])
+        assert torch.equal(latest(), seen["x"])
+        assert not torch.allclose(latest(), capture_lm_head_input(tiny["llm"])._ragkit_lm_head_input)
+    finally:
+        h.remove()
+    with pytest.raises(AdapterError, match="unknown kNN-LM key"):
+        capture_key(tiny["llm"], "attention")
 
 
 def test_side_cache_resets_for_a_new_sequence(tiny):
@@ -296,7 +355,7 @@ def test_knn_datastore_retrieves_the_memorised_next_token(smollm, tmp_path):
     proc = a.logits_processor(smollm)
     with torch.no_grad():
         scores = smollm.model(input_ids=ctx).logits[:, -1].float()
-    d, v = proc.search(proc.head._ragkit_lm_head_input[:, -1])
+    d, v = proc.search(proc.latest_key()[:, -1])
     assert float(d[0, 0]) < 1e-3 and int(v[0, 0]) == want
     assert int(proc(ctx, scores).argmax()) == want
     # label scoring (eval-qa) on a freshly loaded model: the hook must be in place before its first forward
@@ -389,6 +448,18 @@ def test_training_distill_full_lora_resume_and_fit(tmp_path):
     assert load_adapter(px).manifest["params"]["alpha"] == r["params"]["alpha"]
     ppl = perplexities(llm, text[:800], {"base": [], "px": [load_adapter(px).logits_processor(llm)]}, 32, 16)
     assert abs(ppl["px"] - r["ppl"]) < 1e-3 * r["ppl"]
+    # kNN-LM over ffn_input keys, fitted with distance bins: never worse than one λ, never worse than
+    # the LLM, and the evaluation path reproduces the fitted perplexity
+    from ragkit.adapters.knn import build_datastore
+    kv = build_datastore(str(llm_dir), text, tmp_path / "kv", window=32, stride=16, threads=1, key="ffn_input")
+    assert load_adapter(kv).manifest["training"]["key"] == "ffn_input"
+    rk = fit(kv, text[:800], llm=llm, window=32, stride=16, bins=4)
+    assert rk["ppl"] <= rk["single_lambda"]["ppl"] + 1e-6 and rk["ppl"] <= rk["base_ppl"] + 1e-6
+    assert rk["ppl"] < rk["base_ppl"]  # the datastore holds this very text: it must help
+    m = load_adapter(kv).manifest["params"]
+    assert m.get("lambda_bins") is None or len(m["lambda_bins"]["lambdas"]) == 4
+    ppl = perplexities(llm, text[:800], {"base": [], "kv": [load_adapter(kv).logits_processor(llm)]}, 32, 16)
+    assert abs(ppl["kv"] - rk["ppl"]) < 1e-3 * rk["ppl"]
 
 
 def test_domain_split_has_no_leaks():

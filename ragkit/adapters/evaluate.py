@@ -31,7 +31,8 @@ from .knn import window_positions
 from .logits import capture_lm_head_input
 
 # manifest param name -> processor attribute
-ATTRS = {"alpha": "alpha", "w": "w", "beta": "beta", "lambda": "lam", "temperature": "temperature"}
+ATTRS = {"alpha": "alpha", "w": "w", "beta": "beta", "lambda": "lam", "temperature": "temperature",
+         "lambda_bins": "lam_bins"}
 
 
 def load_llm(ref: Any):

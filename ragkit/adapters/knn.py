@@ -1,5 +1,7 @@
-"""kNN-LM datastores: keys are the LLM's lm_head inputs (final hidden states) over a domain text,
-values the next token ids; searched by squared L2 with faiss at decode time (`KNNLMProcessor`).
+"""kNN-LM datastores: keys are the LLM's hidden states over a domain text - its lm_head inputs
+(`key="lm_head_input"`, the default) or the inputs of its last feed-forward block
+(`key="ffn_input"`, Khandelwal et al.'s best key; measured here, README) - and values the next
+token ids; searched by squared L2 with faiss at decode time (`KNNLMProcessor`).
 
 Build: the text is tokenized once and run through the LLM in windows of `window` tokens with
 `stride` new tokens each (every key but those of the first window sees `window − stride` tokens of
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import AdapterError, LogitsAdapter, new_manifest, register_kind, tokenizer_fingerprint, write_adapter
-from .logits import KNNLMProcessor, capture_lm_head_input
+from .logits import KNN_KEYS, KNNLMProcessor, capture_key
 
 KEYS = "keys.faiss"
 VALUES = "values.npy"
@@ -35,12 +37,13 @@ def window_positions(n_tokens: int, window: int, stride: int) -> list[tuple[int,
     return out
 
 
-def llm_hidden_states(model: Any, ids, window: int = 512, stride: int = 384, threads: int | None = 2):
-    """(keys [N, H] float32, values [N] int64): the lm_head input at each position p and the token
-    at p+1, for every position of `ids` (1-D LongTensor) that has a next token."""
+def llm_hidden_states(model: Any, ids, window: int = 512, stride: int = 384, threads: int | None = 2,
+                      key: str = "lm_head_input"):
+    """(keys [N, H] float32, values [N] int64): the key (`capture_key`) at each position p and the
+    token at p+1, for every position of `ids` (1-D LongTensor) that has a next token."""
     import torch
 
-    head = capture_lm_head_input(model)
+    latest = capture_key(model, key)
     keys, values = [], []
     before = torch.get_num_threads()
     if threads:
@@ -50,7 +53,7 @@ def llm_hidden_states(model: Any, ids, window: int = 512, stride: int = 384, thr
             for start, end, first in window_positions(len(ids), window, stride):
                 x = ids[start:end].unsqueeze(0)
                 model(input_ids=x, use_cache=False)
-                h = getattr(head, "_ragkit_lm_head_input")[0]  # [T, H]
+                h = latest()[0]  # [T, H]
                 # position p (absolute) predicts p+1: keep p in [first-1, end-2]
                 lo, hi = first - 1 - start, end - 1 - start
                 keys.append(h[lo:hi].float().clone())
@@ -62,9 +65,12 @@ def llm_hidden_states(model: Any, ids, window: int = 512, stride: int = 384, thr
 
 def build_datastore(llm_ref: str, text: str, out: str | Path, k: int = 64, temperature: float = 100.0,
                     lam: float = 0.25, window: int = 512, stride: int = 384, ivf: bool = False, nlist: int = 1024,
-                    threads: int | None = 2, corpus_name: str = "", max_tokens: int | None = None) -> Path:
+                    threads: int | None = 2, corpus_name: str = "", max_tokens: int | None = None,
+                    key: str = "lm_head_input") -> Path:
     """Build a kNN-LM datastore adapter folder over `text` (its first `max_tokens` tokens) with the
-    LLM `llm_ref`."""
+    LLM `llm_ref`; `key`: lm_head_input or ffn_input."""
+    if key not in KNN_KEYS:
+        raise AdapterError(f"unknown kNN-LM key {key!r}; choose one of {', '.join(KNN_KEYS)}")
     import faiss
     import numpy as np
     import torch
@@ -76,7 +82,7 @@ def build_datastore(llm_ref: str, text: str, out: str | Path, k: int = 64, tempe
     if max_tokens:
         ids = ids[:max_tokens]
     t0 = time.perf_counter()
-    keys, values = llm_hidden_states(model, ids, window, stride, threads)
+    keys, values = llm_hidden_states(model, ids, window, stride, threads, key)
     forward_s = time.perf_counter() - t0
     x = keys.numpy().astype("float32")
     dim = x.shape[1]
@@ -93,7 +99,7 @@ def build_datastore(llm_ref: str, text: str, out: str | Path, k: int = 64, tempe
     total = time.perf_counter() - t0
     manifest = new_manifest("knn", model_id, tok, [text],
                             training={"corpus": corpus_name, "tokens": int(len(ids)), "keys": int(len(x)),
-                                      "dim": dim, "window": window, "stride": stride,
+                                      "dim": dim, "key": key, "window": window, "stride": stride,
                                       "index": "IndexIVFFlat" if ivf else "IndexFlatL2", "threads": threads,
                                       "forward_s": round(forward_s, 2), "index_s": round(index_s, 2),
                                       "build_tokens_per_s": round(len(x) / total, 1)},
@@ -146,8 +152,10 @@ class KNNAdapter(LogitsAdapter):
                           f"not of {getattr(llm, 'model_id', '?')}: distances will not mean much", stacklevel=2)
         index, values = self.store()
         p = self.manifest.get("params", {})
+        key = self.manifest.get("training", {}).get("key", "lm_head_input")
         return KNNLMProcessor(index, values, llm.model, k=int(p.get("k", 64)),
-                              temperature=float(p.get("temperature", 100.0)), lam=float(p.get("lambda", 0.25)))
+                              temperature=float(p.get("temperature", 100.0)), lam=float(p.get("lambda", 0.25)),
+                              key=key, lambda_bins=p.get("lambda_bins"))
 
 
 register_kind("knn")(lambda path, m: KNNAdapter(m, path))

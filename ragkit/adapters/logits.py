@@ -12,7 +12,8 @@ scores, usable in plain `model.generate(logits_processor=...)` and through `HFCa
 - `ContrastiveProcessor`: `log p_LLM − β·log p_amateur` inside the LLM's plausibility set
   (tokens with p ≥ α·max p), −inf elsewhere; the LLM is the expert.
 - `KNNLMProcessor`: `log(λ·p_kNN + (1−λ)·p_LM)`, p_kNN = softmax(−d²/T) over the k nearest
-  datastore keys, summed per next-token value.
+  datastore keys, summed per next-token value; keys are the LLM's lm_head input or the input of
+  its last feed-forward block (`capture_key`); λ may depend on the nearest key's distance.
 
 Design choices (documented here once):
 - Each small model keeps its own `DynamicCache`: its first call consumes the whole prompt, later
@@ -266,17 +267,73 @@ def capture_lm_head_input(model: Any) -> Any:
     return head
 
 
+_FFN_ATTR = "_ragkit_ffn_input"
+KNN_KEYS = ("lm_head_input", "ffn_input")
+
+
+def last_ffn(model: Any) -> Any:
+    """The feed-forward block of the LLM's last decoder layer (Llama, Qwen, Mistral, Gemma, GPT-2)."""
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    layers = getattr(dec, "layers", None)
+    if layers is None:
+        layers = getattr(dec, "h", None)
+    mlp = getattr(layers[-1], "mlp", None) if layers is not None and len(layers) else None
+    if mlp is None:
+        raise AdapterError(f"kNN key 'ffn_input': {type(model).__name__} has no decoder layers with an 'mlp' "
+                           "block that ragkit can find; build the datastore with key 'lm_head_input'")
+    return mlp
+
+
+def capture_key(model: Any, key: str = "lm_head_input"):
+    """A function returning the latest kNN-LM key tensor [B, T, H] of `model` (hooks installed once):
+    `lm_head_input`, the final hidden state; `ffn_input`, the input of the last layer's
+    feed-forward block (after its norm), the key Khandelwal et al. (2020) found best."""
+    if key == "lm_head_input":
+        head = capture_lm_head_input(model)
+        return lambda: getattr(head, _HOOK_ATTR, None)
+    if key == "ffn_input":
+        mlp = last_ffn(model)
+        if not getattr(mlp, "_ragkit_ffn_hooked", False):
+            def hook(module, args):
+                setattr(module, _FFN_ATTR, args[0])
+            mlp.register_forward_pre_hook(hook)
+            mlp._ragkit_ffn_hooked = True
+        return lambda: getattr(mlp, _FFN_ATTR, None)
+    raise AdapterError(f"unknown kNN-LM key {key!r}; choose one of {', '.join(KNN_KEYS)}")
+
+
 class KNNLMProcessor(_Processor):
-    """`log(λ·p_kNN + (1−λ)·softmax(scores))`; keys are the LLM's lm_head inputs (squared L2)."""
+    """`log(λ·p_kNN + (1−λ)·softmax(scores))`; p_kNN = softmax(−d²/T) over the k nearest keys.
+
+    `lambda_bins` (optional, fitted by `ragkit adapter fit`): {"edges": [...], "lambdas": [...]}:
+    λ depends on the distance to the nearest key (bin i: edges[i−1] ≤ d²_min < edges[i]), so the
+    datastore gets a large weight where it holds a close match and little where it does not."""
 
     def __init__(self, index: Any, values: torch.Tensor, llm_model: Any, k: int = 64, temperature: float = 100.0,
-                 lam: float = 0.25) -> None:
+                 lam: float = 0.25, key: str = "lm_head_input", lambda_bins: dict | None = None) -> None:
         self.index, self.values = index, values.long()
         self.k, self.temperature, self.lam = int(k), float(temperature), float(lam)
-        self.head = capture_lm_head_input(llm_model)
+        self.key = key
+        self.latest_key = capture_key(llm_model, key)
+        self.lam_bins = lambda_bins or None
+        if self.lam_bins:
+            edges, lams = self.lam_bins.get("edges"), self.lam_bins.get("lambdas")
+            if edges is None or lams is None or len(lams) != len(edges) + 1 or not all(0 <= x <= 1 for x in lams):
+                raise AdapterError(f"kNN lambda_bins needs 'edges' (n) and 'lambdas' (n + 1, each in 0..1), got "
+                                   f"{self.lam_bins}")
 
     def is_identity(self) -> bool:
+        if self.lam_bins:
+            return all(x == 0.0 for x in self.lam_bins["lambdas"])
         return self.lam == 0.0
+
+    def lambdas(self, d: torch.Tensor) -> torch.Tensor:
+        """λ per position [N] from the squared distances [N, k] (nearest first)."""
+        if not self.lam_bins:
+            return torch.full((d.shape[0],), self.lam, dtype=torch.float64)
+        edges = torch.tensor(self.lam_bins["edges"], dtype=d.dtype)
+        lams = torch.tensor(self.lam_bins["lambdas"], dtype=torch.float64)
+        return lams[torch.bucketize(d[:, 0].contiguous(), edges, right=True)]
 
     def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(squared distances [N, k], value token ids [N, k]) of the k nearest keys."""
@@ -295,18 +352,29 @@ class KNNLMProcessor(_Processor):
         return torch.from_numpy(d).float(), self.values[i.clamp_min(0)].masked_fill(i < 0, 0)
 
     def step_side(self, input_ids):
-        h = getattr(self.head, _HOOK_ATTR, None)
+        h = self.latest_key()
         if h is None:
-            raise AdapterError("kNN-LM: the LLM's lm_head has not run yet (the processor must be given the "
-                               "scores of the same model it was built with)")
+            raise AdapterError("kNN-LM: the LLM has not run yet (the processor must be given the scores of the "
+                               "same model it was built with)")
         if self.is_identity():
             return None
         return self.search(h[:, -1])
 
     def batched_side(self, input_ids, hidden=None):
-        if hidden is None:
-            raise AdapterError("kNN-LM needs the LLM's lm_head input at every position")
+        if self.key != "lm_head_input" or hidden is None:
+            h = self.latest_key()
+            if h is None or h.shape[-2] != input_ids.shape[-1]:
+                raise AdapterError(f"kNN-LM needs the LLM's {self.key} at every position of the window "
+                                   "(run the LLM over it first)")
+            hidden = h[0]
         return self.search(hidden)
+
+    def _mix(self, lp: torch.Tensor, lk: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        lam = self.lambdas(d).view(-1, *([1] * (lp.dim() - 1)))
+        with torch.no_grad():
+            a = torch.log1p(-lam).float()  # -inf where λ = 1
+            b = torch.log(lam).float()     # -inf where λ = 0
+        return torch.logaddexp(a + lp, b + lk)
 
     def knn_logprobs(self, side, width: int) -> torch.Tensor:
         d, v = side
@@ -319,23 +387,22 @@ class KNNLMProcessor(_Processor):
         """`combine(scores, side)` gathered at `targets` (log-probs [n]), in O(k) per position: what
         fitting λ and the temperature needs (tests check it against `combine`)."""
         lp = F.log_softmax(scores.float(), -1).gather(1, targets.view(-1, 1))[:, 0]
-        if self.lam == 0.0 or side is None:
+        if self.is_identity() or side is None:
             return lp
         d, v = side
-        w = F.log_softmax(-d / self.temperature, -1).masked_fill(v != targets.view(-1, 1), -math.inf)
-        lk = torch.logsumexp(w, -1).clamp_min(math.log(1e-30))
-        if self.lam >= 1.0:
-            return lk
-        return torch.logaddexp(math.log1p(-self.lam) + lp, math.log(self.lam) + lk)
+        return self._mix(lp, knn_target_logprob(d, v, targets, self.temperature), d)
 
     def combine(self, scores, side):
         lp = F.log_softmax(scores.float(), -1)
-        if self.lam == 0.0 or side is None:
+        if self.is_identity() or side is None:
             return lp
-        lk = self.knn_logprobs(side, scores.shape[-1])
-        if self.lam >= 1.0:
-            return lk
-        return torch.logaddexp(math.log1p(-self.lam) + lp, math.log(self.lam) + lk)
+        return self._mix(lp, self.knn_logprobs(side, scores.shape[-1]), side[0])
+
+
+def knn_target_logprob(d: torch.Tensor, v: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p_kNN(target) [n] from squared distances d [n, k] and neighbour values v [n, k]."""
+    w = F.log_softmax(-d / temperature, -1).masked_fill(v != targets.view(-1, 1), -math.inf)
+    return torch.logsumexp(w, -1).clamp_min(math.log(1e-30))
 
 
 # ---------------------------------------------------------------------------------------------
