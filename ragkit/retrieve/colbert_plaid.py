@@ -73,10 +73,13 @@ def extensions_dir() -> Path:
 
 def _require_colbert_ai() -> None:
     try:
-        import colbert  # noqa: F401
+        import colbert
     except ImportError as e:
         raise ModelLoadError("ColBERT engine 'plaid' needs colbert-ai: pip install 'ragkit[colbert]' "
                              f"({type(e).__name__}: {e})") from e
+    if not hasattr(colbert, "__path__"):
+        raise ModelLoadError(f"ColBERT engine 'plaid' needs colbert-ai, but 'colbert' is {colbert.__file__}, which "
+                             "shadows it (a colbert.py on sys.path); rename it or run from another folder")
 
 
 @contextlib.contextmanager
@@ -269,7 +272,6 @@ class PlaidRetriever(Retriever):
 
     def _train_codec(self, emb: np.ndarray, lengths: np.ndarray) -> None:
         """colbert-ai's CollectionIndexer.setup + train: sample, k-means, residual buckets (seeded)."""
-        import faiss
         import torch
 
         _require_colbert_ai()
@@ -288,10 +290,9 @@ class PlaidRetriever(Retriever):
             heldout = train
         k = max(1, min(k, len(train)))
         with progress_bar(f"PLAID k-means ({k:,} centroids, {len(train):,} vectors)", 1) as advance:
-            km = faiss.Kmeans(self.model.dim, k, niter=4, seed=123, verbose=False)
-            km.train(np.ascontiguousarray(train, dtype=np.float32))
+            centroids = self._kmeans(train, k)
             advance(1)
-        centroids = torch.nn.functional.normalize(torch.from_numpy(km.centroids), dim=-1).half().float()
+        centroids = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=-1).half().float()
         # the held-out residuals' quantiles (colbert-ai's _compute_avg_residual)
         from colbert.indexing.codecs.residual import ResidualCodec
 
@@ -309,6 +310,14 @@ class PlaidRetriever(Retriever):
             "avg_residual": np.asarray(resid.abs().mean(), dtype=np.float32),
         }
         self._codec = None
+
+    def _kmeans(self, train: np.ndarray, k: int) -> np.ndarray:
+        """colbert-ai's compute_faiss_kmeans: 4 iterations, seed 123 (float32 k × dim, not normalised)."""
+        import faiss
+
+        km = faiss.Kmeans(self.model.dim, k, niter=4, seed=123, verbose=False)
+        km.train(np.ascontiguousarray(train, dtype=np.float32))
+        return km.centroids
 
     def _compress(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
