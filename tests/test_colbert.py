@@ -238,3 +238,41 @@ def test_index_config_needs_no_torch_and_agrees_with_the_model_default():
     assert DEFAULT_COLBERT == model_default
     code = "import sys, ragkit.cli, ragkit.index; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing the CLI pulled in torch"
+
+
+def test_distillation_from_identity_with_a_frozen_encoder(tmp_path, docs, encoder):
+    import ragkit.train_colbert as tc
+
+    examples = tc.synthesize_distillation(docs, 8, seed=0, candidates=4, encoder=encoder)
+    assert len(examples) == 8 and all(len(p) == len(s) == 4 for _, p, s in examples)
+    assert all(np.isfinite(sc).all() for _, _, sc in examples)
+    config = tc.TrainConfig(init="identity", freeze_layers=-1, steps=4, batch_size=4, projection_lr=1e-2,
+                            warmup=0.0, doc_maxlen=48, save_every=0, threads=1)
+    start = ColBERTModel.from_pretrained("default")
+    start.settings.doc_maxlen = 48
+    with torch.no_grad():
+        before = float(tc.distillation_loss(start, examples[:4]))
+        cached = float(tc.distillation_loss(start, examples[:4], cache=tc.StateCache()))
+    assert abs(before - cached) < 1e-3  # cached states score as the model does
+    res = tc.train_colbert(examples, tmp_path / "ck", config)
+    trained = ColBERTModel.from_pretrained(str(tmp_path / "ck"))
+    assert trained.dim == 384 and not trained.settings.markers and not trained.settings.query_augmentation
+    assert torch.equal(trained.bert.embeddings.word_embeddings.weight, start.bert.embeddings.word_embeddings.weight)
+    with torch.no_grad():
+        after = float(tc.distillation_loss(trained, examples[:4]))
+    assert after < before and res["steps"] == 4
+
+
+def test_cli_colbert_train_distils_the_hybrid_teacher(tmp_path, docs):
+    from ragkit.cli import app
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs[:12]))
+    r = CliRunner().invoke(app, ["colbert", "train", str(corpus), "--out", str(tmp_path / "ck"), "--teacher", "hybrid",
+                                 "--candidates", "4", "--init", "identity", "--freeze-layers", "-1", "--steps", "2",
+                                 "--batch-size", "2", "--doc-maxlen", "32", "--threads", "1", "--save-every", "0"])
+    assert r.exit_code == 0, r.output
+    assert "hybrid teacher" in r.output and json.loads((tmp_path / "ck" / "training.json").read_text())["steps"] == 2
+    r = CliRunner().invoke(app, ["colbert", "train", str(corpus), "--out", str(tmp_path / "x"), "--teacher", "oracle",
+                                 "--steps", "1"])
+    assert r.exit_code != 0 and "unknown teacher" in r.output
