@@ -228,6 +228,30 @@ def test_knn_lambda_bins_pick_lambda_by_nearest_distance(tiny):
         KNNLMProcessor(p.index, p.values, tiny["llm"], lambda_bins={"edges": [1.0], "lambdas": [0.5]})
 
 
+def test_knn_lambda_gate_is_a_logistic_function_of_the_gate_features(tiny):
+    from ragkit.adapters.logits import GATE_FEATURES, gate_features, llm_entropy
+
+    base = make_processors(tiny)["knn"]
+    gate = {"mean": [0.0] * 5, "std": [1.0] * 5, "weights": [-0.01, 0.3, 0.2, 1.5, 0.5], "bias": -1.0}
+    p = KNNLMProcessor(base.index, base.values, tiny["llm"], k=8, temperature=5.0, lam=0.0, lambda_gate=gate)
+    assert not p.is_identity()  # the gate wins over lam = 0
+    ids = tiny["ids"]
+    head = capture_lm_head_input(tiny["llm"])
+    with torch.no_grad():
+        logits = tiny["llm"](input_ids=ids).logits[0].float()
+        side = p.batched_side(ids, head._ragkit_lm_head_input[0])
+    lp = torch.log_softmax(logits, -1)
+    x = gate_features(*side, llm_entropy(lp), 5.0)
+    assert x.shape == (ids.shape[1], len(GATE_FEATURES))
+    assert torch.allclose(x[:, 2], -(lp.exp() * lp).sum(-1).double(), atol=1e-5)  # the LLM's entropy
+    assert ((x[:, 3] > 0) & (x[:, 3] <= 1 + 1e-9)).all() and ((x[:, 4] > 0) & (x[:, 4] <= 1)).all()
+    lam = torch.sigmoid(x @ torch.tensor(gate["weights"], dtype=torch.float64) - 1.0).view(-1, 1).float()
+    want = torch.log(lam * p.knn_logprobs(side, V).exp() + (1 - lam) * lp.exp())
+    assert torch.allclose(torch.log_softmax(p.combine(logits, side), -1), want, atol=1e-4)
+    with pytest.raises(AdapterError, match="lambda_gate"):
+        KNNLMProcessor(base.index, base.values, tiny["llm"], lambda_gate={"mean": [0.0], "bias": 0.0})
+
+
 def test_knn_ffn_input_key_is_the_last_feed_forward_input(tiny):
     from ragkit.adapters.logits import capture_key
 
@@ -455,9 +479,11 @@ def test_training_distill_full_lora_resume_and_fit(tmp_path):
     assert load_adapter(kv).manifest["training"]["key"] == "ffn_input"
     rk = fit(kv, text[:800], llm=llm, window=32, stride=16, bins=4)
     assert rk["ppl"] <= rk["single_lambda"]["ppl"] + 1e-6 and rk["ppl"] <= rk["base_ppl"] + 1e-6
+    assert rk["ppl"] <= rk["lambda_gate"]["ppl"] + 1e-6 and rk["ppl"] <= rk["lambda_bins"]["ppl"] + 1e-6
     assert rk["ppl"] < rk["base_ppl"]  # the datastore holds this very text: it must help
     m = load_adapter(kv).manifest["params"]
     assert m.get("lambda_bins") is None or len(m["lambda_bins"]["lambdas"]) == 4
+    assert m.get("lambda_bins") is None or m.get("lambda_gate") is None  # the one chosen, not both
     ppl = perplexities(llm, text[:800], {"base": [], "kv": [load_adapter(kv).logits_processor(llm)]}, 32, 16)
     assert abs(ppl["kv"] - rk["ppl"]) < 1e-3 * rk["ppl"]
 

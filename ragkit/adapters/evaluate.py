@@ -32,7 +32,7 @@ from .logits import capture_lm_head_input
 
 # manifest param name -> processor attribute
 ATTRS = {"alpha": "alpha", "w": "w", "beta": "beta", "lambda": "lam", "temperature": "temperature",
-         "lambda_bins": "lam_bins"}
+         "lambda_bins": "lam_bins", "lambda_gate": "lam_gate"}
 
 
 def load_llm(ref: Any):

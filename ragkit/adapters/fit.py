@@ -9,7 +9,10 @@ kept for every validation position, then every (temperature, λ) pair is scored 
 With `bins` > 1, λ also depends on the distance to the nearest key: the positions are cut into
 `bins` equal-count bins of that distance (edges from the validation text) and each bin gets its
 own λ from the grid (0 included, so no bin is made worse); the temperature is the one whose binned
-total is lowest. The single-λ result is kept in the manifest's metrics for comparison.
+total is lowest. With `gate`, a logistic gate over five features of the neighbours and the LLM's
+distribution (`logits.GATE_FEATURES`) is fitted too, by L-BFGS on the validation log-likelihood.
+The best of the three on the validation text goes into `params` (λ = 0 stays reachable: the
+single-λ grid holds it); all three results are kept in the manifest's metrics.
 
 `stack_on`: adapters (with their own fitted params) applied before this one while fitting, so the
 weight is fitted for use in that stack; the result is then recorded under `params_stacked`
@@ -37,9 +40,11 @@ KNN_BINS = 8
 
 def fit(adapter: Any, text: str, llm: Any = "smollm2", grid: dict[str, Sequence[float]] | None = None,
         stack_on: Sequence[Any] = (), window: int = 512, stride: int = 256, max_tokens: int | None = None,
-        threads: int | None = 2, write: bool = True, progress: bool | None = None, bins: int = KNN_BINS) -> dict:
+        threads: int | None = 2, write: bool = True, progress: bool | None = None, bins: int = KNN_BINS,
+        gate: bool = True) -> dict:
     """Pick the adapter's weight(s) by validation perplexity; returns {params, ppl, base_ppl, grid}.
-    `bins`: kNN-LM only, distance bins with their own λ (1: one λ)."""
+    kNN-LM only: `bins`, distance bins with their own λ (1: one λ); `gate`, also fit a logistic gate
+    (the best of one λ, bins and gate on the validation text is kept)."""
     from ..progress import progress_bar
 
     llm = load_llm(llm)
@@ -55,7 +60,7 @@ def fit(adapter: Any, text: str, llm: Any = "smollm2", grid: dict[str, Sequence[
     before_procs = [b.logits_processor(llm) for b in before]
     if a.kind == "knn":
         return _fit_knn(a, proc, before, before_procs, llm, text, grid, window, stride, max_tokens, threads, write,
-                        progress, bins)
+                        progress, bins, gate)
     keys = list(grid)
     points = list(itertools.product(*(grid[k] for k in keys)))
     off = [p for p in points if any(k in ("alpha", "w", "beta", "lambda") and v == 0.0 for k, v in zip(keys, p))]
@@ -101,16 +106,50 @@ def fit(adapter: Any, text: str, llm: Any = "smollm2", grid: dict[str, Sequence[
     return result
 
 
+def _fit_gate(lp, lk, d, v, entropy, temperature: float, l2: float = 1e-3) -> tuple[dict, float]:
+    """Logistic gate λ = sigmoid(w·z + b) over the standardised gate features, fitted by L-BFGS to
+    the mixture's validation log-likelihood (small L2 penalty); returns (params, validation ppl)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .logits import GATE_FEATURES, gate_features
+
+    x = gate_features(d, v, entropy, temperature)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
+    def nll():
+        g = z @ w + b
+        return -torch.logaddexp(F.logsigmoid(-g) + lp, F.logsigmoid(g) + lk).mean()
+
+    def closure():
+        opt.zero_grad()
+        loss = nll() + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        ppl = math.exp(float(nll()))
+    return ({"features": list(GATE_FEATURES),
+             "mean": [round(float(x), 6) for x in mean], "std": [round(float(x), 6) for x in std],
+             "weights": [round(float(x), 6) for x in w.detach()], "bias": round(float(b.detach()), 6)}, ppl)
+
+
 def _fit_knn(a, proc, before, before_procs, llm, text, grid, window, stride, max_tokens, threads, write, progress,
-             bins: int) -> dict:
+             bins: int, gate: bool = True) -> dict:
     import torch
 
     from ..progress import progress_bar
-    from .logits import knn_target_logprob
+    from .logits import knn_target_logprob, llm_entropy
 
     lams = sorted(set(float(x) for x in grid.get("lambda", GRIDS["knn"]["lambda"])) | {0.0})
     temps = [float(x) for x in grid.get("temperature", GRIDS["knn"]["temperature"])]
-    lp_all, d_all, v_all, t_all = [], [], [], []
+    lp_all, d_all, v_all, t_all, ent_all = [], [], [], [], []
     scorer = WindowScorer(llm, text, window, stride, max_tokens, threads)
     t0 = time.perf_counter()
     proc.lam, proc.lam_bins = 1.0, None  # not identity: the search runs
@@ -119,7 +158,9 @@ def _fit_knn(a, proc, before, before_procs, llm, text, grid, window, stride, max
             hi = x.shape[1] - 1
             pre_sides = [slice_side(b.batched_side(x, hidden), lo, hi) for b in before_procs]
             scores = combine_chain(before_procs, logits[lo:hi], pre_sides)
-            lp_all.append(torch.log_softmax(scores.float(), -1).gather(1, targets.view(-1, 1))[:, 0].double())
+            full = torch.log_softmax(scores.float(), -1)
+            lp_all.append(full.gather(1, targets.view(-1, 1))[:, 0].double())
+            ent_all.append(llm_entropy(full))
             d, v = slice_side(proc.batched_side(x, hidden), lo, hi)
             d_all.append(d), v_all.append(v), t_all.append(targets)
             advance(1)
@@ -155,16 +196,25 @@ def _fit_knn(a, proc, before, before_procs, llm, text, grid, window, stride, max
     if best_single[2] == 0.0:
         single.pop("temperature")
     result_single = {"params": single, "ppl": round(best_single[0], 4)}
-    if bins > 1 and best_binned[0] < best_single[0]:
-        # lambda_bins replace lambda (kept: the best single λ, used when lambda_bins is set to null)
-        params = {"temperature": best_binned[1], "lambda": best_single[2],
-                  "lambda_bins": {"edges": [round(float(e), 4) for e in edges], "lambdas": best_binned[2]}}
-        ppl = best_binned[0]
-    else:
-        params, ppl = dict(single), best_single[0]
-        if bins > 1:
-            params["lambda_bins"] = None
+    binned = {"temperature": best_binned[1], "lambda": best_single[2],
+              "lambda_bins": {"edges": [round(float(e), 4) for e in edges], "lambdas": best_binned[2]}}
+    result_bins = {"params": binned, "ppl": round(best_binned[0], 4)}
+    # the logistic gate, at the binned fit's temperature
+    result_gate = None
+    if gate:
+        gate_params, gate_ppl = _fit_gate(lp, knn_target_logprob(d, v, t, best_binned[1]).double(), d, v,
+                                          torch.cat(ent_all), best_binned[1])
+        result_gate = {"params": {"temperature": best_binned[1], "lambda": best_single[2], "lambda_gate": gate_params},
+                       "ppl": round(gate_ppl, 4)}
+    # lambda_gate / lambda_bins replace lambda (kept: the best single λ, used when both are null)
+    options = [(best_single[0], {**single, "lambda_bins": None, "lambda_gate": None})]
+    if bins > 1:
+        options.append((best_binned[0], {**binned, "lambda_gate": None}))
+    if result_gate:
+        options.append((result_gate["ppl"], {**result_gate["params"], "lambda_bins": None}))
+    ppl, params = min(options, key=lambda o: o[0])
     result = {"params": params, "ppl": round(ppl, 4), "base_ppl": round(base_ppl, 4), "single_lambda": result_single,
+              "lambda_bins": result_bins, "lambda_gate": result_gate,
               "bins": bins, "tokens": n, "stack_on": [b.name for b in before],
               "seconds": round(time.perf_counter() - t0, 1), "grid": rows}
     if write and a.path is not None:

@@ -155,7 +155,7 @@ class KNNAdapter(LogitsAdapter):
         key = self.manifest.get("training", {}).get("key", "lm_head_input")
         return KNNLMProcessor(index, values, llm.model, k=int(p.get("k", 64)),
                               temperature=float(p.get("temperature", 100.0)), lam=float(p.get("lambda", 0.25)),
-                              key=key, lambda_bins=p.get("lambda_bins"))
+                              key=key, lambda_bins=p.get("lambda_bins"), lambda_gate=p.get("lambda_gate"))
 
 
 register_kind("knn")(lambda path, m: KNNAdapter(m, path))

@@ -305,17 +305,28 @@ def capture_key(model: Any, key: str = "lm_head_input"):
 class KNNLMProcessor(_Processor):
     """`log(λ·p_kNN + (1−λ)·softmax(scores))`; p_kNN = softmax(−d²/T) over the k nearest keys.
 
-    `lambda_bins` (optional, fitted by `ragkit adapter fit`): {"edges": [...], "lambdas": [...]}:
-    λ depends on the distance to the nearest key (bin i: edges[i−1] ≤ d²_min < edges[i]), so the
-    datastore gets a large weight where it holds a close match and little where it does not."""
+    λ per position (both optional, fitted by `ragkit adapter fit`; the gate wins over the bins,
+    the bins over `lam`):
+    - `lambda_bins` {"edges": [...], "lambdas": [...]}: λ by the distance to the nearest key (bin i:
+      edges[i−1] ≤ d²_min < edges[i]), so the datastore weighs much where it holds a close match;
+    - `lambda_gate` {"mean", "std", "weights", "bias"}: λ = sigmoid(w·z + b) of the standardised
+      `GATE_FEATURES` (He et al. 2021's adaptive interpolation, as a logistic gate)."""
 
     def __init__(self, index: Any, values: torch.Tensor, llm_model: Any, k: int = 64, temperature: float = 100.0,
-                 lam: float = 0.25, key: str = "lm_head_input", lambda_bins: dict | None = None) -> None:
+                 lam: float = 0.25, key: str = "lm_head_input", lambda_bins: dict | None = None,
+                 lambda_gate: dict | None = None) -> None:
         self.index, self.values = index, values.long()
         self.k, self.temperature, self.lam = int(k), float(temperature), float(lam)
         self.key = key
         self.latest_key = capture_key(llm_model, key)
         self.lam_bins = lambda_bins or None
+        self.lam_gate = lambda_gate or None
+        if self.lam_gate:
+            n = len(GATE_FEATURES)
+            if any(len(self.lam_gate.get(f) or []) != n for f in ("mean", "std", "weights")) or \
+                    "bias" not in self.lam_gate:
+                raise AdapterError(f"kNN lambda_gate needs 'mean', 'std', 'weights' ({n} values each, for "
+                                   f"{', '.join(GATE_FEATURES)}) and 'bias', got {self.lam_gate}")
         if self.lam_bins:
             edges, lams = self.lam_bins.get("edges"), self.lam_bins.get("lambdas")
             if edges is None or lams is None or len(lams) != len(edges) + 1 or not all(0 <= x <= 1 for x in lams):
@@ -323,12 +334,21 @@ class KNNLMProcessor(_Processor):
                                    f"{self.lam_bins}")
 
     def is_identity(self) -> bool:
+        if self.lam_gate:
+            return False
         if self.lam_bins:
             return all(x == 0.0 for x in self.lam_bins["lambdas"])
         return self.lam == 0.0
 
-    def lambdas(self, d: torch.Tensor) -> torch.Tensor:
-        """λ per position [N] from the squared distances [N, k] (nearest first)."""
+    def lambdas(self, side: Any, lp: torch.Tensor) -> torch.Tensor:
+        """λ per position [N] from the neighbours (distances [N, k] nearest first, values) and the
+        LLM's log-probabilities `lp` [N, V]."""
+        d, v = side
+        if self.lam_gate:
+            g = self.lam_gate
+            z = (gate_features(d, v, llm_entropy(lp), self.temperature) - torch.tensor(g["mean"], dtype=torch.float64)) \
+                / torch.tensor(g["std"], dtype=torch.float64)
+            return torch.sigmoid(z @ torch.tensor(g["weights"], dtype=torch.float64) + float(g["bias"]))
         if not self.lam_bins:
             return torch.full((d.shape[0],), self.lam, dtype=torch.float64)
         edges = torch.tensor(self.lam_bins["edges"], dtype=d.dtype)
@@ -369,8 +389,8 @@ class KNNLMProcessor(_Processor):
             hidden = h[0]
         return self.search(hidden)
 
-    def _mix(self, lp: torch.Tensor, lk: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        lam = self.lambdas(d).view(-1, *([1] * (lp.dim() - 1)))
+    def _mix(self, lp: torch.Tensor, lk: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        lam = lam.view(-1, *([1] * (lp.dim() - 1)))
         with torch.no_grad():
             a = torch.log1p(-lam).float()  # -inf where λ = 1
             b = torch.log(lam).float()     # -inf where λ = 0
@@ -386,17 +406,41 @@ class KNNLMProcessor(_Processor):
     def target_logprob(self, scores: torch.Tensor, side: Any, targets: torch.Tensor) -> torch.Tensor:
         """`combine(scores, side)` gathered at `targets` (log-probs [n]), in O(k) per position: what
         fitting λ and the temperature needs (tests check it against `combine`)."""
-        lp = F.log_softmax(scores.float(), -1).gather(1, targets.view(-1, 1))[:, 0]
+        full = F.log_softmax(scores.float(), -1)
+        lp = full.gather(1, targets.view(-1, 1))[:, 0]
         if self.is_identity() or side is None:
             return lp
         d, v = side
-        return self._mix(lp, knn_target_logprob(d, v, targets, self.temperature), d)
+        return self._mix(lp, knn_target_logprob(d, v, targets, self.temperature), self.lambdas(side, full))
 
     def combine(self, scores, side):
         lp = F.log_softmax(scores.float(), -1)
         if self.is_identity() or side is None:
             return lp
-        return self._mix(lp, self.knn_logprobs(side, scores.shape[-1]), side[0])
+        return self._mix(lp, self.knn_logprobs(side, scores.shape[-1]), self.lambdas(side, lp))
+
+
+GATE_FEATURES = ("nearest_distance", "log_distance_ratio", "llm_entropy", "knn_top_probability",
+                 "neighbour_agreement")
+
+
+def llm_entropy(lp: torch.Tensor) -> torch.Tensor:
+    """Entropy [N] of the LLM's next-token distributions from log-probabilities [N, V]."""
+    return torch.special.entr(lp.double().exp()).sum(-1)
+
+
+def gate_features(d: torch.Tensor, v: torch.Tensor, entropy: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[N, 5] float64, `GATE_FEATURES`: squared distance to the nearest key; log of the mean distance
+    of the next 7 over the nearest; the LLM's entropy; the largest kNN token probability; the share
+    of the 8 nearest keys whose next token is the nearest's."""
+    d = d.double()
+    m = min(8, d.shape[1])
+    ratio = torch.log(d[:, 1:m].mean(1).clamp_min(1e-6) / d[:, 0].clamp_min(1e-6)) if m > 1 else torch.zeros(len(d))
+    w = torch.softmax(-d / temperature, -1)
+    top = torch.cat([((vc[:, :, None] == vc[:, None, :]).double() * wc[:, None, :]).sum(-1).max(1).values
+                     for vc, wc in zip(v.split(512), w.split(512))]) if len(v) else torch.zeros(0, dtype=torch.float64)
+    agree = (v[:, :m] == v[:, :1]).double().mean(1)
+    return torch.stack([d[:, 0], ratio, entropy.double(), top, agree], 1)
 
 
 def knn_target_logprob(d: torch.Tensor, v: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
