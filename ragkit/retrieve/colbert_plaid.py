@@ -24,6 +24,8 @@ What ragkit does differently from colbert-ai's `Indexer`/`Searcher`, and why:
   `residuals.npy` (uint8, dim·nbits/8 bytes per token), `lengths.npy`, `ids.json`, `config.json`.
   Everything loads with `allow_pickle=False`; the IVF (centroid → chunk lists) is rebuilt on load
   (well under a second at npl's 570k tokens). Nothing is ever passed to `torch.load`.
+- When colbert-ai's settings for k yield fewer than k candidates (small corpora), the search runs
+  again with 8× the cells per query token and no centroid pruning, so k results come back.
 - Adding chunks compresses them with the existing codec (the centroids are not retrained: build with
   the bulk of the corpus); deleting drops their rows. Neither re-encodes anything.
 
@@ -360,8 +362,13 @@ class PlaidRetriever(Retriever):
         with _torch_threads(self.config.threads):
             Q = self.query_vectors(query).unsqueeze(0)
             scorer = self._get_scorer()
+            cfg = self._ai_config(k)
             with _stdout_to_stderr():
-                pids, scores = scorer.rank(self._ai_config(k), Q)
+                pids, scores = scorer.rank(cfg, Q)
+                if len(pids) < min(k, len(self.ids)):  # too few candidates (small corpora): probe wider
+                    cfg.configure(ncells=min(8 * cfg.ncells, len(self.codec_arrays["centroids"])),
+                                  centroid_score_threshold=-1.0, ndocs=max(cfg.ndocs, 4 * k))
+                    pids, scores = scorer.rank(cfg, Q)
         return [(self.ids[p], float(s)) for p, s in zip(pids[:k], scores[:k])]
 
     def score_rows(self, q: torch.Tensor, rows: np.ndarray) -> np.ndarray:
