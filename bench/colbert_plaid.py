@@ -17,7 +17,6 @@ usage: python bench/colbert_plaid.py [SET]     writes bench/results/colbert_plai
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
