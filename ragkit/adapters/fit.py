@@ -97,13 +97,21 @@ def fit(adapter: Any, text: str, llm: Any = "smollm2", grid: dict[str, Sequence[
               "stack_ppl_before": round(ppl[off[0]], 4) if off else None, "tokens": n,
               "stack_on": [b.name for b in before], "seconds": round(time.perf_counter() - t0, 1),
               "grid": [{**{k: v for k, v in zip(keys, p)}, "ppl": round(ppl[p], 4)} for p in points]}
-    if write and a.path is not None:
-        if before:
-            key = "+".join([b.name for b in before] + [a.name])
-            update_manifest(a.path, params_stacked={key: params}, metrics={f"fit_stacked:{key}": result})
-        else:
-            update_manifest(a.path, params=params, metrics={"fit": result})
+    if write:
+        _record(a, before, params, result)
     return result
+
+
+def _record(a: Any, before: Sequence[Any], params: dict, result: dict) -> None:
+    """Write the fitted params into the adapter's manifest: `params`, or `params_stacked` under the
+    stack's name when fitted on top of other adapters."""
+    if a.path is None:
+        return
+    if before:
+        key = "+".join([b.name for b in before] + [a.name])
+        update_manifest(a.path, params_stacked={key: params}, metrics={f"fit_stacked:{key}": result})
+    else:
+        update_manifest(a.path, params=params, metrics={"fit": result})
 
 
 def _fit_gate(lp, lk, d, v, entropy, temperature: float, l2: float = 1e-3) -> tuple[dict, float]:
@@ -217,10 +225,6 @@ def _fit_knn(a, proc, before, before_procs, llm, text, grid, window, stride, max
               "lambda_bins": result_bins, "lambda_gate": result_gate,
               "bins": bins, "tokens": n, "stack_on": [b.name for b in before],
               "seconds": round(time.perf_counter() - t0, 1), "grid": rows}
-    if write and a.path is not None:
-        if before:
-            key = "+".join([b.name for b in before] + [a.name])
-            update_manifest(a.path, params_stacked={key: params}, metrics={f"fit_stacked:{key}": result})
-        else:
-            update_manifest(a.path, params=params, metrics={"fit": result})
+    if write:
+        _record(a, before, params, result)
     return result

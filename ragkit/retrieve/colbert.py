@@ -71,7 +71,40 @@ def segment_maxsim(q: torch.Tensor, tokens: torch.Tensor, lengths: np.ndarray) -
     return np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)
 
 
-class ColBERTRetriever(Retriever):
+class TokenVectorRetriever(Retriever):
+    """What both ColBERT engines share: chunk ids with a row each (`ids`, `_row`), encoding through
+    the ColBERT model, and the checks on new chunks. Engines implement `add_embeddings`,
+    `score_rows`, `search`, `delete`, `save` and `load`."""
+
+    model: ColBERTModel
+    config: ColBERTConfig
+    ids: list[str]
+    _row: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def has(self, chunk_id: str) -> bool:
+        return chunk_id in self._row
+
+    def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
+        self.add_embeddings([c.id for c in chunks], self.model.encode_docs(
+            [c.indexed_text for c in chunks], batch_size=self.config.batch_size, progress=progress))
+
+    def add_embeddings(self, ids: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _check_new(self, ids: Sequence[str]) -> None:
+        dup = [i for i in ids if i in self._row]
+        if dup:
+            raise ValueError(f"chunks already indexed: {dup[:5]}")
+
+    def query_vectors(self, query: str) -> torch.Tensor:
+        q, mask = self.model.encode_queries([query])
+        return q[0][mask[0]].float()
+
+
+class ColBERTRetriever(TokenVectorRetriever):
     """Token vectors of every chunk (title + text) with exact MaxSim search."""
 
     name = "colbert"
@@ -86,9 +119,6 @@ class ColBERTRetriever(Retriever):
         self.codes = np.zeros(0, dtype=np.int32)
         self._reindex()
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def describe(self) -> dict:
         return {"type": "colbert", **asdict(self.config), "model": self.model.describe(),
                 "tokens": int(self.lengths.sum()), "centroids": 0 if self.centroids is None else len(self.centroids)}
@@ -98,15 +128,9 @@ class ColBERTRetriever(Retriever):
         self._row = {cid: i for i, cid in enumerate(self.ids)}
 
     # -- building -------------------------------------------------------------------------------
-    def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
-        self.add_embeddings([c.id for c in chunks], self.model.encode_docs(
-            [c.indexed_text for c in chunks], batch_size=self.config.batch_size, progress=progress))
-
     def add_embeddings(self, ids: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
         """Store already-encoded chunks (one tokens × dim array each)."""
-        dup = [i for i in ids if i in self._row]
-        if dup:
-            raise ValueError(f"chunks already indexed: {dup[:5]}")
+        self._check_new(ids)
         if not len(ids):
             return
         new = np.concatenate([np.asarray(a, dtype=np.float16) for a in arrays])
@@ -168,10 +192,6 @@ class ColBERTRetriever(Retriever):
         return np.argpartition(-approx, n - 1)[:n]
 
     # -- searching ------------------------------------------------------------------------------
-    def query_vectors(self, query: str) -> torch.Tensor:
-        q, mask = self.model.encode_queries([query])
-        return q[0][mask[0]].float()
-
     def score_rows(self, q: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         """Exact MaxSim of the query vectors against stored chunks `rows`."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -189,9 +209,6 @@ class ColBERTRetriever(Retriever):
         """MaxSim scores of stored chunks (used by reranking); a chunk not stored is a KeyError."""
         q = self.query_vectors(query)
         return self.score_rows(q, np.array([self._row[c] for c in chunk_ids], dtype=np.int64)).tolist()
-
-    def has(self, chunk_id: str) -> bool:
-        return chunk_id in self._row
 
     def search(self, query: str, k: int = 10) -> Ranking:
         if not self.ids:

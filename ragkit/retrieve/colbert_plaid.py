@@ -41,15 +41,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ..chunking import Chunk
 from ..errors import IndexFormatError, ModelLoadError
 from ..progress import progress_bar
-from .base import Ranking, Retriever
-from .colbert import ColBERTConfig, check_checkpoint
+from .base import Ranking
+from .colbert import ColBERTConfig, TokenVectorRetriever, check_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -145,7 +144,7 @@ def _torch_threads(n: int):
             torch.set_num_threads(before)
 
 
-class PlaidRetriever(Retriever):
+class PlaidRetriever(TokenVectorRetriever):
     """ColBERT token vectors compressed by colbert-ai's residual codec and searched with PLAID."""
 
     name = "colbert"
@@ -165,9 +164,6 @@ class PlaidRetriever(Retriever):
         self._codec = None
         self._scorer = None
         self._reindex()
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def describe(self) -> dict:
         from dataclasses import asdict
@@ -250,15 +246,9 @@ class PlaidRetriever(Retriever):
         return np.concatenate([ivf, np.zeros(stride, np.int32)]), lengths
 
     # -- building -------------------------------------------------------------------------------
-    def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
-        self.add_embeddings([c.id for c in chunks], self.model.encode_docs(
-            [c.indexed_text for c in chunks], batch_size=self.config.batch_size, progress=progress))
-
     def add_embeddings(self, ids: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
         """Compress already-encoded chunks (one tokens × dim array each); the first call trains the codec."""
-        dup = [i for i in ids if i in self._row]
-        if dup:
-            raise ValueError(f"chunks already indexed: {dup[:5]}")
+        self._check_new(ids)
         if not len(ids):
             return
         lengths = np.array([len(a) for a in arrays], dtype=np.int64)
@@ -352,10 +342,6 @@ class PlaidRetriever(Retriever):
         return len(drop)
 
     # -- searching ------------------------------------------------------------------------------
-    def query_vectors(self, query: str) -> torch.Tensor:
-        q, mask = self.model.encode_queries([query])
-        return q[0][mask[0]].float()
-
     def search(self, query: str, k: int = 10) -> Ranking:
         if not self.ids:
             return []
@@ -388,9 +374,6 @@ class PlaidRetriever(Retriever):
         rows = np.array([self._row[c] for c in chunk_ids], dtype=np.int32)
         with _torch_threads(self.config.threads):
             return self.score_rows(self.query_vectors(query), rows).tolist()
-
-    def has(self, chunk_id: str) -> bool:
-        return chunk_id in self._row
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: Path) -> None:
