@@ -1,5 +1,6 @@
 """Load test of `ragkit serve` on loopback: 50 concurrent clients × 20 `/v1/retrieve` requests, and 8
-concurrent streaming chat requests (all must complete, none mixed up).
+concurrent streaming chat requests (all must complete, none mixed up), then a fault phase: while 50
+clients retrieve, 10 streaming clients disconnect at random points; then 20 chats must all complete.
 
 The server is the real `ragkit serve` in its own process; clients are threads in this process with
 keep-alive connections. Peer: the same searches as in-process `Index.search` calls (no HTTP), so
@@ -7,6 +8,7 @@ the table shows what the server adds. Streams are checked against the same quest
 at a time beforehand (greedy decoding: the texts must be equal).
 
 usage: python bench/server_load.py [--index indexes/pydocs] [--clients 50] [--requests 20] [--streams 8]
+                                   [--faults-only]   (run only the fault phase; other figures are kept)
 Threads: the server decodes on 1 torch thread and runs prefill on 2 (ragkit's policy); generation is
 serialised by the server, retrieval runs concurrently. Writes bench/results/server_load.json.
 """
@@ -140,6 +142,74 @@ def chat(port: int, question: str, max_tokens: int, stream: bool) -> dict:
     return {"text": text, "first_s": first, "total_s": time.perf_counter() - t0, "sources": sources, "done": done}
 
 
+def drop_stream(port: int, question: str, max_tokens: int, after_events: int) -> dict:
+    """A streaming chat whose client reads `after_events` events, then disconnects."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    body = json.dumps({"model": "ragkit", "messages": [{"role": "user", "content": question}],
+                       "max_tokens": max_tokens, "stream": True})
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        return {"error": f"HTTP {resp.status}"}
+    seen = 0
+    while seen < after_events:
+        line = resp.readline()
+        if not line:
+            break
+        seen += line.startswith(b"data:")
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    return {"events_read": seen}
+
+
+def faults(port: int, clients: int, requests: int, k: int, drops: int, chats: int, max_tokens: int,
+           seed: int = 0) -> dict:
+    """While `clients` retrieve, `drops` streaming clients disconnect at random points; then `chats`
+    concurrent chats must all complete within a timeout."""
+    import random
+
+    rng = random.Random(seed)
+    plan = [(CHAT[i % len(CHAT)], rng.randint(1, 12)) for i in range(drops)]
+    dropped: list[dict] = []
+    load: dict = {}
+    loader = threading.Thread(target=lambda: load.update(retrieve_load(port, clients, requests, k)))
+    loader.start()
+    t0 = time.perf_counter()
+    droppers = [threading.Thread(target=lambda q=q, n=n: dropped.append(drop_stream(port, q, 200, n)))
+                for q, n in plan]
+    for t in droppers:
+        t.start()
+        time.sleep(rng.uniform(0.0, 0.5))
+    for t in droppers:
+        t.join()
+    loader.join()
+    drop_wall = time.perf_counter() - t0
+    results: list[dict | None] = [None] * chats
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = chat(port, CHAT[i % len(CHAT)], max_tokens, stream=bool(i % 2))
+        except Exception as e:  # noqa: BLE001 - counted as an error
+            results[i] = {"error": f"{type(e).__name__}: {e}"}
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(chats)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(900)
+    chats_wall = time.perf_counter() - t0
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+        health = json.loads(r.read())
+    completed = sum(1 for r in results if r and r.get("text") and not r.get("error"))
+    errors = [r["error"] for r in dropped if r.get("error")] + [r["error"] for r in results if r and r.get("error")]
+    return {"dropped_streams": sum(1 for r in dropped if "events_read" in r), "drop_events_read": [r.get("events_read")
+            for r in dropped], "chats_after": completed, "chats_asked": chats, "errors": len(errors) + load.get("errors", 0),
+            "error_examples": errors[:5], "retrieve_during_drops": load, "drop_phase_s": round(drop_wall, 1),
+            "chats_after_wall_s": round(chats_wall, 1), "health_after": health["status"],
+            "max_tokens": max_tokens}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index", default=str(ROOT / "indexes" / "pydocs"))
@@ -148,6 +218,9 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("-k", type=int, default=5)
+    ap.add_argument("--faults-only", action="store_true", help="run only the fault phase (keeps the other figures)")
+    ap.add_argument("--drops", type=int, default=10)
+    ap.add_argument("--chats-after", type=int, default=20)
     args = ap.parse_args()
     if not (Path(args.index) / "manifest.json").exists():
         sys.exit(f"no index at {args.index}: run `make demo` first (it builds indexes/pydocs)")
@@ -166,7 +239,20 @@ def main() -> None:
     peer = {"p50_ms": round(1000 * pct(inproc, 0.5), 1), "p95_ms": round(1000 * pct(inproc, 0.95), 1)}
 
     port = free_port()
-    server = start_server(args.index, port, args.max_tokens)
+    server = start_server(args.index, port, max(args.max_tokens, 200))
+    if args.faults_only:
+        try:
+            fault = faults(port, args.clients, args.requests, args.k, args.drops, args.chats_after, args.max_tokens)
+        finally:
+            server.terminate()
+            server.wait(30)
+        path = ROOT / "bench" / "results" / "server_load.json"
+        res = json.loads(path.read_text()) if path.exists() else {}
+        res["faults"] = fault
+        res["faults_environment"] = environment()
+        print_faults(fault)
+        write_results("server_load", res)
+        return
     try:
         single = retrieve_load(port, 1, len(QUERIES), args.k)
         load = retrieve_load(port, args.clients, args.requests, args.k)
@@ -187,6 +273,7 @@ def main() -> None:
         for t in threads:
             t.join()
         streams_wall = time.perf_counter() - t0
+        fault = faults(port, args.clients, args.requests, args.k, args.drops, args.chats_after, args.max_tokens)
     finally:
         server.terminate()
         server.wait(30)
@@ -206,6 +293,7 @@ def main() -> None:
                     "first_token_s_max": round(max(firsts), 2) if firsts else None,
                     "sequential_total_s": round(sum(r["total_s"] for r in sequential.values()), 1),
                     "errors": [r.get("error") for r in results if r and r.get("error")]},
+        "faults": fault,
         "environment": environment(),
     }
     print(table(["retrieve", "requests ok", "errors", "p50 ms", "p95 ms", "req/s"], [
@@ -217,7 +305,14 @@ def main() -> None:
     s = res["streams"]
     print(f"streaming chat: {s['completed']}/{s['concurrent']} completed, {s['equal_to_sequential']} equal to the "
           f"sequential answers, wall {s['wall_s']} s (sequential {s['sequential_total_s']} s)")
+    print_faults(fault)
     write_results("server_load", res)
+
+
+def print_faults(f: dict) -> None:
+    print(table(["fault phase", "dropped streams", "chats after (of asked)", "errors", "health after"], [
+        [f"{f['retrieve_during_drops'].get('clients')} clients retrieving", f["dropped_streams"],
+         f"{f['chats_after']}/{f['chats_asked']}", f["errors"], f["health_after"]]]))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ class ServerConfig:
     max_tokens: int = 1024               # largest max_tokens a request may ask for
     max_embedding_inputs: int = 256      # texts per /v1/embeddings request
     model_name: str | None = None        # the model name clients use; default: the LLM's id
+    stall_seconds: float = 120.0         # /healthz says "wedged" (503) when decoding made no step for this long
+    docs: bool = False                   # serve /docs, /redoc and /openapi.json (behind the API key when one is set)
+    shutdown_seconds: float = 3.0        # on SIGTERM: generations are cancelled, connections get this long to close
 
 
 @dataclass

@@ -25,3 +25,27 @@ class ModelLoadError(RagkitError):
 
 class BackendError(RagkitError):
     """An LLM endpoint could not be reached or answered with an error."""
+
+
+class PromptTooLongError(RagkitError):
+    """A prompt (with the room asked for the answer) does not fit the model's context window."""
+
+
+class OutputPathError(RagkitError):
+    """An output folder ragkit refuses to replace: a file, a folder ragkit did not write, or the corpus."""
+
+
+class IndexLockedError(RagkitError):
+    """Another process (or thread) is writing the same index; `pid` is its process id when known."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        self.pid = pid
+        super().__init__(message)
+
+
+class WriteError(RagkitError, OSError):
+    """Writing a folder failed (disk full, permissions, ...); the previous folder is left as it was.
+    Also an OSError (with the cause's errno and filename), so code that caught the raw error still does."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

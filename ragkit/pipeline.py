@@ -13,15 +13,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from .config import LLMConfig, PipelineConfig
-from .errors import RagkitError
+from .errors import PromptTooLongError, RagkitError
 from .index import Hit, Index
 from .llm.base import LLM, GenerationConfig, Message
 
 CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-
-
-class PromptTooLongError(RagkitError):
-    """The question alone does not fit the model's context."""
 
 
 @dataclass
@@ -349,12 +345,25 @@ class AnswerStream:
         if pipeline.prompt_adapters:
             self.timings["knowledge_s"] = t2 - t1
         self.answer: Answer | None = None
+        # the backend's stream: made now, so a prompt that does not fit fails before any output
+        self.text_stream = pipeline.llm.stream(self.messages, gen)
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The backend's finish reason once the answer is complete ("stop", "length", "cancelled")."""
+        return getattr(self.text_stream, "finish_reason", None)
+
+    def cancel(self) -> None:
+        """Stop generating (from any thread; never blocks)."""
+        cancel = getattr(self.text_stream, "cancel", None)
+        if cancel is not None:
+            cancel()
 
     def __iter__(self) -> Iterator[str]:
         llm, pieces = self.pipeline.llm, []
         t0 = time.perf_counter()
         first = None
-        for piece in llm.stream(self.messages, self.gen):
+        for piece in self.text_stream:
             if first is None:
                 first = time.perf_counter() - t0
             pieces.append(piece)
@@ -374,5 +383,7 @@ class AnswerStream:
         prompt = self.pipeline._render(self.messages)
         self.timings.update(generate_s=time.perf_counter() - t0, first_token_s=first or 0.0)
         self.answer = Answer(self.question, text, self.sources, citations, self.dropped, unknown, attributions,
-                             llm.count_tokens(prompt), llm.count_tokens(model_text) if model_text else 0,
+                             llm.count_tokens(prompt),
+                             getattr(self.text_stream, "completion_tokens", 0)
+                             or (llm.count_tokens(model_text) if model_text else 0),
                              self.timings, self.knowledge, [a.name for a in self.pipeline.adapters])

@@ -229,3 +229,173 @@ def test_ragkit_openai_backend_talks_to_ragkit_serve(server, pipeline):
     msgs = [{"role": "user", "content": QUESTION}]
     assert remote.generate(msgs, GenerationConfig(max_new_tokens=12)).text == \
         pipeline.ask(QUESTION, GenerationConfig(max_new_tokens=12)).text
+
+
+# -- faults: clients that leave, prompts that do not fit, shutdown (issue: nothing stuck) -------------
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8,"  # greedy SmolLM2 keeps counting: a generation that does not end by itself
+
+
+def _raw_stream(base: str, body: dict, read_events: int, timeout: float = 60) -> list[bytes]:
+    """Start a streaming request, read `read_events` events, then drop the connection."""
+    import http.client
+
+    host, port = base.rsplit("//", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    conn.request("POST", body.pop("_path"), json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    events = []
+    while len(events) < read_events:
+        line = resp.readline()
+        assert line, "stream ended early"
+        if line.startswith(b"data:"):
+            events.append(line)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    return events
+
+
+def _idle_within(llm, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        snap = llm.activity.snapshot()
+        if not snap["busy"] and snap["waiting"] == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def long_answers(server):
+    """Let requests ask for 1,000 tokens (the module's server caps them at 64)."""
+    cfg = server[1].state.ragkit.config.server
+    before, cfg.max_tokens = cfg.max_tokens, 1000
+    yield
+    cfg.max_tokens = before
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_a_dropped_stream_cancels_its_generation_and_the_next_chat_answers(server, pipeline, client, long_answers,
+                                                                           path):
+    body = {"_path": path, "model": "ragkit", "max_tokens": 1000, "stream": True, "ragkit": {"retrieval": False}}
+    body.update({"messages": [{"role": "user", "content": "Count: " + COUNTING}]} if "chat" in path
+                else {"prompt": COUNTING})
+    steps_before = pipeline.llm.activity.completed
+    _raw_stream(server[0], body, read_events=4)
+    assert _idle_within(pipeline.llm, 10), f"generation still running: {pipeline.llm.activity.snapshot()}"
+    assert pipeline.llm.activity.completed == steps_before + 1
+    t0 = time.time()
+    reply = client.chat.completions.create(model="ragkit", max_tokens=8, messages=[{"role": "user", "content": QUESTION}])
+    assert reply.choices[0].message.content and time.time() - t0 < 30
+    with urllib.request.urlopen(server[0] + "/healthz") as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_a_client_that_times_out_cancels_its_plain_generation(server, pipeline, long_answers):
+    body = {"model": "ragkit", "max_tokens": 1000, "prompt": COUNTING, "ragkit": {"retrieval": False}}
+    req = urllib.request.Request(server[0] + "/v1/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        urllib.request.urlopen(req, timeout=2).read()
+    # 1,000 tokens take over a minute here: a generation still running after a few seconds was not cancelled
+    assert _idle_within(pipeline.llm, 10), f"generation still running: {pipeline.llm.activity.snapshot()}"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_an_over_long_prompt_without_retrieval_is_refused_before_generation(server, pipeline, path):
+    llm = pipeline.llm
+    before, llm.context_window = llm.context_window, 256
+    try:
+        text = "How do loops work? " * 200  # ~1,000 tokens, over the 256-token window
+        body = {"model": "ragkit", "max_tokens": 8, "ragkit": {"retrieval": False}}
+        body.update({"messages": [{"role": "user", "content": text}]} if "chat" in path else {"prompt": text})
+        completed = llm.activity.completed
+        status, err = post(server[0] + path, body)
+        assert status == 400 and err["error"]["code"] == "context_length_exceeded", err
+        assert "256" in err["error"]["message"]
+        assert llm.activity.completed == completed  # nothing was generated
+        body["stream"] = True
+        status, err = post(server[0] + path, body)  # streaming too: refused before the status line
+        assert status == 400 and err["error"]["code"] == "context_length_exceeded"
+    finally:
+        llm.context_window = before
+
+
+def test_blank_queries_and_tool_only_messages_are_400s(server):
+    status, err = post(server[0] + "/v1/retrieve", {"query": "   "})
+    assert status == 400 and err["error"]["param"] == "query"
+    status, err = post(server[0] + "/v1/chat/completions", {
+        "model": "ragkit", "ragkit": {"retrieval": False},
+        "messages": [{"role": "tool", "content": "42"}]})
+    assert status == 400 and err["error"]["param"] == "messages"
+
+
+def test_key_is_checked_before_the_body_and_docs_are_off(server):
+    state = server[1].state.ragkit
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(server[0] + path)
+        assert e.value.code == 404
+    state.api_key = "s3cret"
+    try:
+        status, err = post(server[0] + "/v1/chat/completions", b'{"model": "ragkit", "messages": [')
+        assert status == 401 and err["error"]["code"] == "invalid_api_key"
+    finally:
+        state.api_key = ""
+
+
+def test_usage_counts_the_models_tokens_and_finish_reason_is_the_backends(client):
+    reply = client.chat.completions.create(model="ragkit", max_tokens=16, messages=[{"role": "user", "content": QUESTION}])
+    assert reply.usage.completion_tokens <= 16  # ragkit's appended [n] markers are not the model's tokens
+    assert reply.choices[0].finish_reason == ("length" if reply.usage.completion_tokens == 16 else "stop")
+
+
+def test_healthz_reports_a_wedged_generator(server, pipeline):
+    activity = pipeline.llm.activity
+    stale = time.monotonic() - 10_000
+    activity.busy_since = activity.last_step = stale
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(server[0] + "/healthz")
+        assert e.value.code == 503 and json.loads(e.value.read())["status"] == "wedged"
+    finally:
+        activity.busy_since = activity.last_step = None
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_server_within_seconds_while_a_stream_is_open(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text("llm: {model: default}\nserver: {max_tokens: 1000, api_key_env: ''}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "ragkit.cli", "serve", "--config", str(cfg), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"model": "ragkit", "prompt": COUNTING, "max_tokens": 1000,
+                                                            "stream": True}), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.readline().startswith(b"data:")
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert time.time() - t0 < 8, f"took {time.time() - t0:.1f} s to stop"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
+from ..llm.hf import cache_kwarg
 from .base import AdapterError, LogitsAdapter, adapters_dir, check_same_tokenizer, register_kind
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ class SideModel:
     def step_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The last position's final hidden state [1, H] (lm_head input), feeding only new tokens."""
         new = self._new_tokens(input_ids)
-        out = self.body(input_ids=new, past_key_values=self.cache, use_cache=True)
+        out = self.body(input_ids=new, use_cache=True, **{cache_kwarg(self.body): self.cache})
         return out.last_hidden_state[:, -1]
 
     def step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,8 @@ class SideModel:
         if self.plain_head:
             return self.head(self.step_hidden(input_ids)).float()
         new = self._new_tokens(input_ids)
-        return self.model(input_ids=new, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        return self.model(input_ids=new, use_cache=True, logits_to_keep=1,
+                          **{cache_kwarg(self.model): self.cache}).logits[:, -1].float()
 
     def window_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states [T, H] (lm_head inputs) for every position of [1, T], no cache."""

@@ -2,9 +2,13 @@
 backend has them)."""
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
+
+from ..errors import PromptTooLongError
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = Union[str, list[Message]]
@@ -29,6 +33,63 @@ class Generation:
     finish_reason: str  # "stop" (end of text or a stop string) or "length"
 
 
+class TextStream:
+    """One generation's text pieces as they are produced.
+
+    Iterate it once. `cancel()` may be called from any thread (a server whose client went away): it
+    never blocks, and decoding stops at its next step. Once iteration ends, `finish_reason` is the
+    backend's own ("stop": end of text or a stop string, "length": `max_new_tokens` reached,
+    "cancelled") and `completion_tokens` counts the tokens the model generated.
+    """
+
+    def __init__(self, produce: Callable[["TextStream"], Iterator[str]]) -> None:
+        self.cancelled = threading.Event()
+        self.finish_reason: str | None = None
+        self.completion_tokens = 0
+        self._pieces = produce(self)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class DecodeActivity:
+    """What a backend's decoding is doing, for health checks: when the current generation started,
+    when it last produced a token, and how many generations wait for the model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.busy_since: float | None = None
+        self.last_step: float | None = None
+        self.waiting = 0
+        self.completed = 0
+
+    def queued(self, delta: int) -> None:
+        with self._lock:
+            self.waiting += delta
+
+    def started(self) -> None:
+        with self._lock:
+            self.busy_since = self.last_step = time.monotonic()
+
+    def step(self) -> None:
+        self.last_step = time.monotonic()
+
+    def ended(self) -> None:
+        with self._lock:
+            self.busy_since = self.last_step = None
+            self.completed += 1
+
+    def snapshot(self) -> dict:
+        now = time.monotonic()
+        busy, last = self.busy_since, self.last_step
+        return {"busy": busy is not None, "busy_s": round(now - busy, 3) if busy is not None else 0.0,
+                "since_last_step_s": round(now - last, 3) if last is not None else 0.0,
+                "waiting": self.waiting, "completed": self.completed}
+
+
 class LLM(ABC):
     """A text generator. Prompts are plain strings or chat messages."""
 
@@ -41,12 +102,32 @@ class LLM(ABC):
         """The whole completion."""
 
     @abstractmethod
-    def stream(self, prompt: Prompt, config: GenerationConfig | None = None) -> Iterator[str]:
-        """The completion as text pieces, as they are produced."""
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None) -> TextStream:
+        """The completion as text pieces, as they are produced (a cancellable `TextStream`). The
+        prompt's length is checked when this is called, before any piece is produced."""
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes in this model's vocabulary."""
+
+    def render(self, prompt: Prompt) -> str:
+        """The text the model sees for `prompt` (backends with a chat template override this)."""
+        if isinstance(prompt, str):
+            return prompt
+        return "\n\n".join(m["content"] for m in prompt)
+
+    def check_prompt(self, prompt: Prompt, max_new_tokens: int) -> int:
+        """The prompt's token count; `PromptTooLongError` when it and `max_new_tokens` do not fit
+        the context window together."""
+        return self._check_length(self.count_tokens(self.render(prompt)), max_new_tokens)
+
+    def _check_length(self, n_prompt: int, max_new_tokens: int) -> int:
+        if n_prompt + max_new_tokens > self.context_window:
+            raise PromptTooLongError(
+                f"the prompt is {n_prompt} tokens; with max_tokens {max_new_tokens} it needs "
+                f"{n_prompt + max_new_tokens}, more than {self.model_id or 'the model'}'s context of "
+                f"{self.context_window} tokens: shorten it or ask for fewer tokens")
+        return n_prompt
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

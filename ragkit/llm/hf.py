@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import ModelLoadError
-from .base import LLM, Generation, GenerationConfig, Prompt, cut_at_stop
+from .base import LLM, DecodeActivity, Generation, GenerationConfig, Prompt, TextStream, cut_at_stop
 
 DEFAULT_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GEMMA3_270M = "google/gemma-3-270m"
@@ -53,7 +53,7 @@ _PACKAGED_GGUF = {  # hub id -> where a GGUF of it ships
 }
 _ALIASES = {"default": DEFAULT_LLM, "smollm2": DEFAULT_LLM, "SmolLM2-135M-Instruct": DEFAULT_LLM,
             "gemma3-270m": GEMMA3_270M, "gemma-3-270m": GEMMA3_270M}
-_GENERATE_LOCK = threading.Lock()
+_GENERATE_LOCK = threading.Lock()  # one generation at a time in this process (models share the cores)
 
 
 def cache_dir() -> Path:
@@ -129,6 +129,15 @@ def resolve_llm(name_or_path: str) -> tuple[str, str]:
     return model_id, model_id
 
 
+def cache_kwarg(model) -> str:
+    """The keyword a model's forward/generate takes its KV cache by: `cache` in transformers ≥ 5.2x
+    (where `past_key_values` is deprecated), `past_key_values` before."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 @contextmanager
 def _torch_threads(n: int | None):
     import torch
@@ -160,6 +169,7 @@ class HFCausalLM(LLM):
         # white-box domain adapters (ragkit.adapters.LogitsAdapter): each gives a fresh
         # transformers LogitsProcessor per generation, applied in list order
         self.logits_adapters: list = []
+        self.activity = DecodeActivity()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "float32",
@@ -195,32 +205,42 @@ class HFCausalLM(LLM):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode_prompt(self, prompt: Prompt):
+    def encode_prompt(self, prompt: Prompt, max_new_tokens: int | None = None):
+        """Token ids of the rendered prompt; with `max_new_tokens`, `PromptTooLongError` when the
+        prompt and the answer would not fit the context window."""
         import torch
 
         text = self.render(prompt)
         ids = self.tokenizer(text, add_special_tokens=not (isinstance(prompt, list) and self.is_chat),
                              return_tensors="pt")["input_ids"]
+        if max_new_tokens is not None:
+            self._check_length(int(ids.shape[1]), max_new_tokens)
         return ids.to(torch.long)
 
-    def _generate_kwargs(self, ids, config: GenerationConfig, stop_event: threading.Event | None = None) -> dict:
+    def _generate_kwargs(self, ids, config: GenerationConfig, stream: TextStream | None = None) -> dict:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        kw = {}
-        if stop_event is not None:
-            from transformers import StoppingCriteria, StoppingCriteriaList
+        n_prompt, activity = int(ids.shape[1]), self.activity
 
-            class _Cancelled(StoppingCriteria):
-                def __call__(self, input_ids, scores, **kwargs):
-                    return stop_event.is_set()
-            kw["stopping_criteria"] = StoppingCriteriaList([_Cancelled()])
+        class _Step(StoppingCriteria):
+            """Called after every decoding step: records progress, stops when cancelled."""
+
+            def __call__(self, input_ids, scores, **kwargs):
+                activity.step()
+                if stream is None:
+                    return False
+                stream.completion_tokens = int(input_ids.shape[1]) - n_prompt
+                return stream.cancelled.is_set()
+
+        kw = {"stopping_criteria": StoppingCriteriaList([_Step()])}
         if self.logits_adapters:
             from transformers import LogitsProcessorList
 
             kw["logits_processor"] = LogitsProcessorList([a.logits_processor(self) for a in self.logits_adapters])
         cache = self._prefill(ids)
         if cache is not None:
-            kw["past_key_values"] = cache
+            kw[cache_kwarg(self.model)] = cache
         kw.update(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
                   pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                   else self.tokenizer.eos_token_id)
@@ -242,44 +262,80 @@ class HFCausalLM(LLM):
 
         cache = DynamicCache(config=self.model.config)
         with _torch_threads(self.prefill_threads), torch.inference_mode():
-            self.model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+            self.model(input_ids=ids[:, :-1], use_cache=True, **{cache_kwarg(self.model): cache})
         return cache
+
+    @contextmanager
+    def _turn(self, cancelled: threading.Event | None = None):
+        """Hold the process's generation lock; yields False (without it) if `cancelled` is set
+        while waiting for it, so a request whose client left never takes its turn."""
+        self.activity.queued(1)
+        got = False
+        try:
+            while not (got := _GENERATE_LOCK.acquire(timeout=0.05)):
+                if cancelled is not None and cancelled.is_set():
+                    break
+        finally:
+            self.activity.queued(-1)
+        if not got:
+            yield False
+            return
+        self.activity.started()
+        try:
+            yield True
+        finally:
+            self.activity.ended()
+            _GENERATE_LOCK.release()
+
+    def _finish_reason(self, new_ids, config: GenerationConfig, stopped: bool) -> str:
+        if stopped or (len(new_ids) > 0 and int(new_ids[-1]) == self.tokenizer.eos_token_id):
+            return "stop"
+        return "length" if len(new_ids) >= config.max_new_tokens else "stop"
 
     def generate(self, prompt: Prompt, config: GenerationConfig | None = None) -> Generation:
         import torch
 
         config = config or GenerationConfig()
-        ids = self.encode_prompt(prompt)
-        with _GENERATE_LOCK, _torch_threads(self.threads), torch.inference_mode():
+        ids = self.encode_prompt(prompt, config.max_new_tokens)
+        with self._turn(), _torch_threads(self.threads), torch.inference_mode():
             out = self.model.generate(**self._generate_kwargs(ids, config))
         new = out[0, ids.shape[1]:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, config.stop)
-        ended = stopped or (len(new) > 0 and int(new[-1]) == self.tokenizer.eos_token_id) or len(new) < config.max_new_tokens
-        return Generation(text, int(ids.shape[1]), int(len(new)), "stop" if ended else "length")
+        return Generation(text, int(ids.shape[1]), int(len(new)), self._finish_reason(new, config, stopped))
 
-    def stream(self, prompt: Prompt, config: GenerationConfig | None = None) -> Iterator[str]:
-        """Text pieces as decoding goes; generation runs in a worker thread."""
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None) -> TextStream:
+        """Text pieces as decoding goes (generation runs in a worker thread); the prompt is encoded
+        and its length checked now. Stopping early — `cancel()`, `close()`, or dropping the stream —
+        stops decoding at its next step and never waits on the worker from inside it."""
+        config = config or GenerationConfig()
+        ids = self.encode_prompt(prompt, config.max_new_tokens)
+        return TextStream(lambda out: self._stream(ids, config, out))
+
+    def _stream(self, ids, config: GenerationConfig, out: TextStream) -> Iterator[str]:
         import torch
         from transformers import TextIteratorStreamer
 
-        config = config or GenerationConfig()
-        ids = self.encode_prompt(prompt)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
-        cancelled = threading.Event()  # set when the caller stops reading: decoding stops too
+        generated: list = []
 
         def work() -> None:
             try:
-                with _GENERATE_LOCK, _torch_threads(self.threads), torch.inference_mode():
-                    self.model.generate(**self._generate_kwargs(ids, config, cancelled), streamer=streamer)
+                with self._turn(out.cancelled) as turn:
+                    if not turn:
+                        return
+                    with _torch_threads(self.threads), torch.inference_mode():
+                        result = self.model.generate(**self._generate_kwargs(ids, config, out), streamer=streamer)
+                    generated.append(result[0, ids.shape[1]:])
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(e)
-                streamer.end()
+            finally:
+                streamer.end()  # the reader always sees the end of the stream (a second end is harmless)
 
-        worker = threading.Thread(target=work, daemon=True)
+        worker = threading.Thread(target=work, daemon=True, name="ragkit-decode")
         worker.start()
-        emitted, finished = "", False
+        emitted, finished, stopped = "", False, False
         try:
             for piece in streamer:
                 if config.stop:
@@ -294,13 +350,20 @@ class HFCausalLM(LLM):
             else:
                 finished = True
         finally:
-            if not finished:  # the caller stopped early: stop decoding, read to the end-of-stream mark
-                cancelled.set()
-                for _ in streamer:
-                    pass
-            worker.join()
+            if not finished:  # the reader stopped early (or this generator is being finalised)
+                out.cancel()
+            # Wait for the worker only from another thread: the garbage collector may finalise this
+            # generator inside the worker itself, where waiting would deadlock.
+            if threading.current_thread() is not worker:
+                worker.join(timeout=None if finished else 30)
         if errors:
             raise errors[0]
+        if out.cancelled.is_set() and not stopped:
+            out.finish_reason = "cancelled"
+        else:
+            out.finish_reason = self._finish_reason(generated[0] if generated else [], config, stopped)
+        if generated:
+            out.completion_tokens = int(len(generated[0]))
 
     def next_token_logits(self, prompt: Prompt):
         """Logits over the vocabulary for the token after `prompt` (1-D float tensor); the attached

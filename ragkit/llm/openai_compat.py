@@ -15,7 +15,7 @@ import urllib.request
 from typing import Iterator
 
 from ..errors import BackendError
-from .base import LLM, Generation, GenerationConfig, Prompt, cut_at_stop
+from .base import LLM, Generation, GenerationConfig, Prompt, TextStream, cut_at_stop
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -88,19 +88,37 @@ class OpenAICompatLLM(LLM):
         return Generation(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
                           choice.get("finish_reason") or "stop")
 
-    def stream(self, prompt: Prompt, config: GenerationConfig | None = None) -> Iterator[str]:
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None) -> TextStream:
         config = config or GenerationConfig()
-        with self._open(self._body(prompt, config, stream=True)) as resp:
+        return TextStream(lambda out: self._stream(prompt, config, out))
+
+    def _stream(self, prompt: Prompt, config: GenerationConfig, out: TextStream) -> Iterator[str]:
+        body = self._body(prompt, config, stream=True)
+        text = ""
+        with self._open(body) as resp:
             for raw in resp:
+                if out.cancelled.is_set():  # closing the response tells the endpoint to stop
+                    out.finish_reason = "cancelled"
+                    return
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):
                     continue
                 payload = line[5:].strip()
                 if payload == "[DONE]":
-                    return
+                    break
                 try:
-                    delta = json.loads(payload)["choices"][0].get("delta", {})
-                except (ValueError, KeyError, IndexError) as e:
+                    event = json.loads(payload)
+                    choices = event.get("choices") or []
+                    delta = choices[0].get("delta", {}) if choices else {}
+                except (ValueError, KeyError, IndexError, AttributeError) as e:
                     raise BackendError(f"{self.base_url} sent a malformed stream event: {payload[:200]}") from e
+                if choices and choices[0].get("finish_reason"):
+                    out.finish_reason = choices[0]["finish_reason"]
+                if (event.get("usage") or {}).get("completion_tokens") is not None:
+                    out.completion_tokens = int(event["usage"]["completion_tokens"])
                 if delta.get("content"):
+                    text += delta["content"]
                     yield delta["content"]
+        out.finish_reason = out.finish_reason or "stop"
+        if not out.completion_tokens and text:
+            out.completion_tokens = self.count_tokens(text)

@@ -23,26 +23,28 @@ capped; errors have OpenAI's shape: `{"error": {"message", "type", "param", "cod
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import threading
 import time
 import uuid
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Iterator
 
-from .config import PipelineConfig
-from .errors import RagkitError
-from .llm.base import GenerationConfig, Message
-from .pipeline import Pipeline, PromptTooLongError
+from ..config import PipelineConfig
+from ..errors import PromptTooLongError, RagkitError
+from ..llm.base import GenerationConfig, Message
+from ..pipeline import Pipeline
 
 try:
+    import anyio
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError("ragkit serve needs FastAPI and uvicorn: pip install 'ragkit[server]'") from e
+
+from .schema import ChatRequest, CompletionRequest, EmbeddingRequest, RagkitOptions, RetrieveRequest, Sampling
+from .sse import DONE, ClientGone, EventStream, collect, sse
 
 
 class APIError(Exception):
@@ -56,60 +58,6 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
                                        "code": self.code}}, status_code=self.status)
-
-
-# -- request models (unknown fields are ignored, as OpenAI's own server does) -----------------------
-class RagkitOptions(BaseModel):
-    """The `ragkit` extension field of a request."""
-
-    model_config = ConfigDict(extra="forbid")
-    retrieval: Optional[bool] = None
-    k: Optional[int] = Field(None, ge=1, le=100)
-    retriever: Optional[str] = None
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[dict[str, Any]], None] = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
-        return self.content or ""
-
-
-class _Sampling(BaseModel):
-    model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
-    n: int = Field(1, ge=1, le=1)
-    stream: bool = False
-    stream_options: Optional[dict[str, Any]] = None
-    ragkit: Optional[RagkitOptions] = None
-
-
-class ChatRequest(_Sampling):
-    messages: list[ChatMessage] = Field(..., min_length=1)
-
-
-class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str]]
-
-
-class EmbeddingRequest(BaseModel):
-    model: str
-    input: Union[str, list[str]]
-    encoding_format: Literal["float", "base64"] = "float"
-
-
-class RetrieveRequest(BaseModel):
-    query: str = Field(..., min_length=1)
-    k: int = Field(10, ge=1, le=100)
-    retriever: Optional[str] = None
 
 
 # -- the app ----------------------------------------------------------------------------------------
@@ -148,8 +96,30 @@ class _BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class _Auth:
+    """ASGI middleware: when an API key is set, every request but `/healthz` needs
+    `Authorization: Bearer <key>` (constant-time comparison), checked before the body is read."""
+
+    OPEN = ("/healthz",)
+
+    def __init__(self, app, state: "RagkitServer") -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        key = self.state.api_key
+        if scope["type"] != "http" or not key or scope.get("path") in self.OPEN:
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            return await APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                                  "authentication_error", code="invalid_api_key").response()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class RagkitServer:
-    """The state behind the app: one pipeline (index, LLM, reranker) and one encoder, shared."""
+    """The state behind the app: one pipeline (index, LLM, reranker) and one encoder, shared, and
+    the answers in flight (cancelled together at shutdown)."""
 
     def __init__(self, pipeline: Pipeline, config: PipelineConfig | None = None) -> None:
         self.pipeline = pipeline
@@ -159,12 +129,14 @@ class RagkitServer:
         self._encoder_lock = threading.Lock()
         key_env = self.config.server.api_key_env
         self.api_key = os.environ.get(key_env, "") if key_env else ""
+        self._runs: set[_Run] = set()
+        self._runs_lock = threading.Lock()
 
     @property
     def encoder(self):
         with self._encoder_lock:
             if self._encoder is None:
-                from .models.encoder import SentenceEncoder
+                from ..models.encoder import SentenceEncoder
 
                 self._encoder = SentenceEncoder.from_pretrained("default")
             return self._encoder
@@ -173,20 +145,26 @@ class RagkitServer:
     def embedding_model(self) -> str:
         if self.pipeline.index is not None and self.pipeline.index.encoder is not None:
             return self.pipeline.index.encoder.model_id
-        from .models.encoder import DEFAULT_ENCODER
+        from ..models.encoder import DEFAULT_ENCODER
 
         return DEFAULT_ENCODER
 
-    # -- checks --------------------------------------------------------------------------------
-    def check_key(self, request: Request) -> None:
-        if not self.api_key:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
-                           "authentication_error", code="invalid_api_key")
+    # -- health ----------------------------------------------------------------------------------
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, body): 503 and status "wedged" when decoding has made no step for
+        `server.stall_seconds` while holding the model."""
+        index = self.pipeline.index
+        activity = getattr(self.pipeline.llm, "activity", None)
+        generation = activity.snapshot() if activity is not None else None
+        wedged = bool(generation and generation["busy"]
+                      and generation["since_last_step_s"] > self.config.server.stall_seconds)
+        body = {"status": "wedged" if wedged else "ok", "model": self.model_name,
+                "adapters": [a.name for a in self.pipeline.adapters], "generation": generation,
+                "in_flight": len(self._runs),
+                "index": None if index is None else {**index.manifest()["counts"], "retrievers": index.retriever_names}}
+        return (503 if wedged else 200), body
 
+    # -- checks --------------------------------------------------------------------------------
     def check_model(self, name: str, kind: str = "chat") -> None:
         allowed = {self.model_name, self.pipeline.llm.model_id, "ragkit"} if kind == "chat" else \
             {self.embedding_model, self.embedding_model.split("/")[-1], "ragkit-embed"}
@@ -194,7 +172,7 @@ class RagkitServer:
             raise APIError(404, f"the model {name!r} does not exist here; this server has {sorted(allowed)}",
                            param="model", code="model_not_found")
 
-    def generation(self, req: _Sampling) -> GenerationConfig:
+    def generation(self, req: Sampling) -> GenerationConfig:
         limit = self.config.server.max_tokens
         wanted = req.max_completion_tokens or req.max_tokens or min(self.config.generation.max_new_tokens, limit)
         if wanted > limit:
@@ -205,7 +183,7 @@ class RagkitServer:
         return GenerationConfig(max_new_tokens=wanted, temperature=req.temperature, top_p=req.top_p, stop=stop,
                                 seed=req.seed)
 
-    def _retrieval(self, opts: RagkitOptions | None) -> tuple[bool, int | None, str | None]:
+    def retrieval(self, opts: RagkitOptions | None) -> tuple[bool, int | None, str | None]:
         opts = opts or RagkitOptions()
         on = self.pipeline.index is not None if opts.retrieval is None else opts.retrieval
         if on and self.pipeline.index is None:
@@ -216,13 +194,27 @@ class RagkitServer:
         return on, opts.k, opts.retriever
 
     # -- answering -----------------------------------------------------------------------------
-    def answer(self, messages: list[Message], gen: GenerationConfig, opts: RagkitOptions | None) -> "_Run":
-        """Start an answer: retrieval now (in the caller's thread), generation when iterated."""
-        retrieval, k, retriever = self._retrieval(opts)
+    def answer(self, messages: list[Message] | str, gen: GenerationConfig, opts: RagkitOptions | None,
+               retrieval: bool | None = None) -> "_Run":
+        """Start an answer (runs in a worker thread: retrieval and the prompt-length check happen
+        now, generation when the run is iterated). A string is a raw prompt to continue."""
+        if retrieval is None:
+            retrieval = self.retrieval(opts)[0]
+        try:
+            return self._track(self._start(messages, gen, opts, retrieval))
+        except PromptTooLongError as e:
+            raise APIError(400, str(e), param="messages" if isinstance(messages, list) else "prompt",
+                           code="context_length_exceeded") from e
+
+    def _start(self, messages, gen: GenerationConfig, opts, retrieval: bool) -> "_Run":
         llm = self.pipeline.llm
+        if isinstance(messages, str):  # raw continuation
+            return _Run(llm.stream(messages, gen), lambda: llm.count_tokens(messages))
         if not retrieval:
-            return _Run(llm.stream(messages, gen), lambda text: None,
-                        lambda: _count(llm, messages), llm)
+            if not any(m["content"].strip() for m in messages):
+                raise APIError(400, "no message has text to answer (tool messages are not read)", param="messages")
+            return _Run(llm.stream(messages, gen), lambda: llm.check_prompt(messages, 0))
+        _, k, retriever = self.retrieval(opts)
         system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer")) or None
         turns = [m for m in messages if m["role"] in ("user", "assistant")]
         if not turns or turns[-1]["role"] != "user":
@@ -230,50 +222,81 @@ class RagkitServer:
         question, history = turns[-1]["content"], turns[:-1]
         try:
             stream = self.pipeline.stream(question, gen, history, k=k, retriever=retriever, system=system)
-        except PromptTooLongError as e:
-            raise APIError(400, str(e), param="messages", code="context_length_exceeded") from e
+        except PromptTooLongError:
+            raise
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from e
+        return _Run(stream, lambda: stream.answer.prompt_tokens if stream.answer else 0, stream)
 
-        def extension(text: str) -> dict:
-            answer = stream.answer
-            cited = set(answer.citations + answer.attributed)
-            return {"sources": [_source(s, s.n in cited) for s in stream.sources], "citations": answer.citations,
-                    "attributed": answer.attributions, "unknown_citations": answer.unknown_citations,
-                    "dropped": stream.dropped,
-                    "retrieve_ms": round(stream.timings["retrieve_s"] * 1000, 2),
-                    **({"knowledge": answer.knowledge, "adapters": answer.adapters} if answer.adapters else {})}
-        return _Run(iter(stream), extension, lambda: _count(llm, stream.messages), llm)
+    def _track(self, run: "_Run") -> "_Run":
+        with self._runs_lock:
+            self._runs.add(run)
+        run.on_end = self._untrack
+        return run
+
+    def _untrack(self, run: "_Run") -> None:
+        with self._runs_lock:
+            self._runs.discard(run)
+
+    def cancel_all(self) -> int:
+        """Cancel every answer in flight (shutdown); returns how many."""
+        with self._runs_lock:
+            runs = list(self._runs)
+        for run in runs:
+            run.cancel()
+        return len(runs)
 
 
 class _Run:
-    """A started answer: its text pieces, then its ragkit extension and usage."""
+    """A started answer: its text pieces (from a backend `TextStream` or a pipeline
+    `AnswerStream`), then its finish reason, usage and ragkit extension. `cancel()` never blocks."""
 
-    def __init__(self, pieces: Iterator[str], extension, prompt_tokens, llm) -> None:
-        self.pieces, self._extension, self._prompt_tokens, self.llm = pieces, extension, prompt_tokens, llm
+    def __init__(self, pieces, prompt_tokens, answer_stream=None) -> None:
+        self.pieces, self._prompt_tokens, self.answer_stream = pieces, prompt_tokens, answer_stream
         self.text = ""
+        self.on_end = None
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self.pieces:
-            self.text += piece
-            yield piece
+        try:
+            for piece in self.pieces:
+                self.text += piece
+                yield piece
+        finally:
+            self._end()
 
-    def finish(self, max_new_tokens: int) -> tuple[str, dict, dict | None]:
-        completion = self.llm.count_tokens(self.text) if self.text else 0
+    def collect(self) -> str:
+        return "".join(self)
+
+    def cancel(self) -> None:
+        self.pieces.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        if self.on_end is not None:
+            self.on_end(self)
+
+    def finish(self) -> tuple[str, dict, dict | None]:
+        """(finish reason, usage, ragkit extension): the reason is the backend's, and completion
+        tokens are the model's own (not ragkit's appended citation markers)."""
+        s = self.answer_stream
+        backend = s.text_stream if s is not None else self.pieces
+        reason = getattr(backend, "finish_reason", None) or "stop"
+        completion = s.answer.completion_tokens if s is not None and s.answer is not None else \
+            getattr(backend, "completion_tokens", 0)
         prompt = self._prompt_tokens()
-        reason = "length" if completion >= max_new_tokens else "stop"
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        return reason, usage, self._extension(self.text)
+        return reason, usage, self._extension()
 
-    def close(self) -> None:
-        close = getattr(self.pieces, "close", None)
-        if close:
-            close()
-
-
-def _count(llm, messages) -> int:
-    render = getattr(llm, "render", None)
-    return llm.count_tokens(render(messages) if render else "\n\n".join(m["content"] for m in messages))
+    def _extension(self) -> dict | None:
+        stream = self.answer_stream
+        if stream is None or stream.answer is None:
+            return None
+        answer = stream.answer
+        cited = set(answer.citations + answer.attributed)
+        return {"sources": [_source(s, s.n in cited) for s in stream.sources], "citations": answer.citations,
+                "attributed": answer.attributions, "unknown_citations": answer.unknown_citations,
+                "dropped": stream.dropped, "retrieve_ms": round(stream.timings["retrieve_s"] * 1000, 2),
+                **({"knowledge": answer.knowledge, "adapters": answer.adapters} if answer.adapters else {})}
 
 
 def _source(s, cited: bool) -> dict:
@@ -292,8 +315,8 @@ def _vector(v, encoding: str):
     return [float(x) for x in v]
 
 
-def _sse(obj) -> bytes:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+def _error_event(e: Exception) -> bytes:
+    return sse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "param": None, "code": None}})
 
 
 def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> FastAPI:
@@ -301,10 +324,14 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
     import ragkit
 
     state = RagkitServer(pipeline, config)
+    docs = state.config.server.docs
     app = FastAPI(title="ragkit", version=ragkit.__version__,
-                  description="OpenAI-compatible endpoints with ragkit retrieval and citations.")
+                  description="OpenAI-compatible endpoints with ragkit retrieval and citations.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.ragkit = state
     app.add_middleware(_BodyLimit, limit=state.config.server.max_request_bytes)
+    app.add_middleware(_Auth, state=state)  # added last: runs first, before the body is read
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -327,6 +354,10 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return APIError(exc.status_code, str(exc.detail), code=code).response()
 
+    @app.exception_handler(PromptTooLongError)
+    async def _too_long(request: Request, exc: PromptTooLongError):
+        return APIError(400, str(exc), code="context_length_exceeded").response()
+
     @app.exception_handler(RagkitError)
     async def _ragkit_error(request: Request, exc: RagkitError):
         return APIError(400, str(exc)).response()
@@ -336,15 +367,12 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
         return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").response()
 
     @app.get("/healthz")
-    def healthz() -> dict:
-        index = state.pipeline.index
-        return {"status": "ok", "model": state.model_name, "adapters": [a.name for a in state.pipeline.adapters],
-                "index": None if index is None else {**index.manifest()["counts"],
-                                                     "retrievers": index.retriever_names}}
+    def healthz():
+        status, body = state.health()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")
-    def models(request: Request) -> dict:
-        state.check_key(request)
+    def models() -> dict:
         chat = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "ragkit"}
         if state.pipeline.adapters:  # the domain adapters every answer goes through
             chat["ragkit"] = {"adapters": [a.describe() for a in state.pipeline.adapters]}
@@ -352,94 +380,83 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
             chat,
             {"id": state.embedding_model, "object": "model", "created": 0, "owned_by": "ragkit"}]}
 
+    async def respond(run: _Run, request: Request, stream: bool, render_final, render_piece, first=None,
+                      usage_event=None):
+        """The answer as one JSON body, or as server-sent events; the generation is cancelled the
+        moment the client goes away, either way."""
+        if not stream:
+            try:
+                text = await collect(run.collect, run.cancel, request.receive)
+            except ClientGone:
+                return Response(status_code=499)
+            return render_final(text, *run.finish())
+
+        def events() -> Iterator[bytes]:
+            try:
+                if first is not None:
+                    yield sse(first)
+                for piece in run:
+                    yield sse(render_piece(piece))
+                reason, usage, ext = run.finish()
+                yield sse(render_final(None, reason, usage, ext))
+                if usage_event is not None:
+                    yield sse(usage_event(usage))
+            except Exception as e:  # noqa: BLE001 - the status line is sent: report in the stream
+                yield _error_event(e)
+            yield DONE
+
+        return EventStream(events(), run.cancel)
+
     @app.post("/v1/chat/completions")
-    def chat_completions(req: ChatRequest, request: Request):
-        state.check_key(request)
+    async def chat_completions(req: ChatRequest, request: Request):
         state.check_model(req.model)
         gen = state.generation(req)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages if m.role != "tool"]
-        run = state.answer(messages, gen, req.ragkit)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        base = {"id": rid, "created": created, "model": state.model_name}
-        if not req.stream:
-            text = "".join(run)
-            reason, usage, ext = run.finish(gen.max_new_tokens)
-            body = {**base, "object": "chat.completion", "usage": usage,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": reason, "logprobs": None}]}
+        run = await anyio.to_thread.run_sync(state.answer, messages, gen, req.ragkit)
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": state.model_name}
+        chunk = {**base, "object": "chat.completion.chunk"}
+
+        def final(text, reason, usage, ext):
+            if text is None:  # the last streamed chunk
+                body = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+            else:
+                body = {**base, "object": "chat.completion", "usage": usage,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                     "finish_reason": reason, "logprobs": None}]}
             return {**body, "ragkit": ext} if ext is not None else body
 
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-
-        def events() -> Iterator[bytes]:
-            chunk = {**base, "object": "chat.completion.chunk"}
-            try:
-                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                  "finish_reason": None}]})
-                for piece in run:
-                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-                reason, usage, ext = run.finish(gen.max_new_tokens)
-                last = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
-                if ext is not None:
-                    last["ragkit"] = ext
-                yield _sse(last)
-                if include_usage:
-                    yield _sse({**chunk, "choices": [], "usage": usage})
-            except Exception as e:  # noqa: BLE001 - the status line is sent: report in the stream
-                yield _sse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error",
-                                      "param": None, "code": None}})
-            finally:
-                run.close()
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await respond(
+            run, request, req.stream, final,
+            lambda piece: {**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]},
+            first={**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "finish_reason": None}]},
+            usage_event=(lambda usage: {**chunk, "choices": [], "usage": usage}) if include_usage else None)
 
     @app.post("/v1/completions")
-    def completions(req: CompletionRequest, request: Request):
-        state.check_key(request)
+    async def completions(req: CompletionRequest, request: Request):
         state.check_model(req.model)
         gen = state.generation(req)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1 or not prompts[0].strip():
             raise APIError(400, "prompt must be one non-empty string", param="prompt")
-        retrieval, _, _ = state._retrieval(req.ragkit)
-        if retrieval:  # the prompt is a question: retrieval and citations as for chat
-            run = state.answer([{"role": "user", "content": prompts[0]}], gen, req.ragkit)
-        else:  # raw continuation of the prompt text
-            llm = state.pipeline.llm
-            run = _Run(llm.stream(prompts[0], gen), lambda text: None, lambda: llm.count_tokens(prompts[0]), llm)
-        rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        base = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name}
-        if not req.stream:
-            text = "".join(run)
-            reason, usage, ext = run.finish(gen.max_new_tokens)
+        retrieval, _, _ = state.retrieval(req.ragkit)
+        # with retrieval the prompt is a question (sources and citations as for chat); else raw text to continue
+        prompt = [{"role": "user", "content": prompts[0]}] if retrieval else prompts[0]
+        run = await anyio.to_thread.run_sync(state.answer, prompt, gen, req.ragkit, retrieval)
+        base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": state.model_name}
+
+        def final(text, reason, usage, ext):
             body = {**base, "usage": usage,
-                    "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}]}
+                    "choices": [{"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}]}
             return {**body, "ragkit": ext} if ext is not None else body
 
-        def events() -> Iterator[bytes]:
-            try:
-                for piece in run:
-                    yield _sse({**base, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]})
-                reason, usage, ext = run.finish(gen.max_new_tokens)
-                last = {**base, "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}],
-                        "usage": usage}
-                if ext is not None:
-                    last["ragkit"] = ext
-                yield _sse(last)
-            except Exception as e:  # noqa: BLE001
-                yield _sse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error",
-                                      "param": None, "code": None}})
-            finally:
-                run.close()
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await respond(run, request, req.stream, final, lambda piece: {
+            **base, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]})
 
     @app.post("/v1/embeddings")
-    def embeddings(req: EmbeddingRequest, request: Request) -> dict:
-        state.check_key(request)
+    def embeddings(req: EmbeddingRequest) -> dict:
         state.check_model(req.model, "embedding")
         texts = [req.input] if isinstance(req.input, str) else req.input
         limit = state.config.server.max_embedding_inputs
@@ -457,8 +474,7 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @app.post("/v1/retrieve")
-    def retrieve(req: RetrieveRequest, request: Request) -> dict:
-        state.check_key(request)
+    def retrieve(req: RetrieveRequest) -> dict:
         index = state.pipeline.index
         if index is None:
             raise APIError(400, "this server's config names no index", code="no_index")
@@ -466,7 +482,10 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
             raise APIError(400, f"unknown retriever {req.retriever!r}; this index has {', '.join(index.retriever_names)}",
                            param="retriever")
         t0 = time.perf_counter()
-        hits = index.search(req.query, k=req.k, retriever=req.retriever)
+        try:
+            hits = index.search(req.query, k=req.k, retriever=req.retriever)
+        except ValueError as e:
+            raise APIError(400, str(e), param="query") from e
         return {"object": "list", "retriever": req.retriever or index.default_retriever,
                 "data": [h.to_dict() for h in hits], "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
@@ -474,7 +493,8 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
 
 
 def serve(config: PipelineConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Load the pipeline once and serve it until interrupted."""
+    """Load the pipeline once and serve it until interrupted. SIGTERM/SIGINT cancel every generation
+    in flight and give open connections `server.shutdown_seconds` to close."""
     import torch
     import uvicorn
 
@@ -483,4 +503,12 @@ def serve(config: PipelineConfig, host: str = "127.0.0.1", port: int = 8000, log
     # Prompt prefill still asks for its own `llm.prefill_threads` around each forward pass.
     torch.set_num_threads(1)
     app = create_app(Pipeline.from_config(config), config)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    state: RagkitServer = app.state.ragkit
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            state.cancel_all()
+            super().handle_exit(sig, frame)
+
+    _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                           timeout_graceful_shutdown=max(1, int(config.server.shutdown_seconds)))).run()
