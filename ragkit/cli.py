@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -31,9 +32,30 @@ def _quiet_libraries() -> None:
         pass
 
 
+# C0 and C1 control characters (ESC starts ANSI/OSC sequences that retitle, recolour or clear the
+# terminal) and the bidirectional overrides; newline and tab are kept in multi-line text only.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe(value, lines: bool = False) -> str:
+    """Text from an index, a corpus or an error, made safe to print with rich: control characters
+    shown as visible escapes (`\\x1b`), rich markup escaped. `lines` keeps newlines and tabs."""
+    def visible(m: re.Match) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    return escape((_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(visible, str(value)))
+
+
 def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {_safe(e, lines=True)}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _waiting(path: Path):
+    """on_wait for the writer lock: say whom we wait for."""
+    return lambda pid: err.print(f"waiting for {'process %s' % pid if pid else 'another writer'} to finish "
+                                 f"writing {_safe(path)}")
 
 
 def _split(s: str) -> list[str]:
@@ -72,8 +94,9 @@ def index(
     stopwords: str = typer.Option("en", help="Stop-word list for BM25 ('en' or 'none')."),
     stemmer: str = typer.Option("english", help="Snowball stemmer for BM25 ('english', ... or 'none')."),
     strict: bool = typer.Option(False, help="Folders: fail on unreadable/non-UTF-8 files instead of skipping them."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing --out, wait for it instead of failing."),
 ) -> None:
-    """Chunk and index a corpus into a folder."""
+    """Chunk and index a corpus into a folder (absent, empty, or an index to replace; never the corpus)."""
     from .corpus import LoadReport, load_corpus
     from .index import Index, IndexConfig
     from .chunking import ChunkingConfig
@@ -91,32 +114,34 @@ def index(
                             stemmer=None if stemmer == "none" else stemmer),
             dense=DenseConfig(index=FaissConfig(kind=dense_index)),
             colbert=ColBERTConfig(checkpoint=colbert_checkpoint, engine=colbert_engine, nbits=colbert_nbits))
-        report = LoadReport()
-        with err.status(f"reading {corpus}"):
-            docs = load_corpus(corpus, format, report=report, strict=strict, id_field=id_field,
-                               text_field=text_field, title_field=title_field)
-        if report.n_skipped:
-            err.print(f"[yellow]warning:[/] skipped {report.n_skipped} file(s):")
-            for path, reason in report.skipped[:20]:
-                err.print(f"  {path}: {reason}")
-        err.print(f"read {len(docs)} documents from {corpus}")
-        with err.status("loading models"):
-            idx = Index(config)
-        idx.add(docs, show_progress=True)
-        with err.status(f"saving {out_dir}"):
-            idx.save(out_dir)
+        Index.check_output(out_dir, protect=[corpus])  # before the build; save checks again
+        with Index.writer_lock(out_dir, wait=wait, on_wait=_waiting(out_dir)):
+            report = LoadReport()
+            with err.status(f"reading {_safe(corpus)}"):
+                docs = load_corpus(corpus, format, report=report, strict=strict, id_field=id_field,
+                                   text_field=text_field, title_field=title_field)
+            if report.n_skipped:
+                err.print(f"[yellow]warning:[/] skipped {report.n_skipped} file(s):")
+                for path, reason in report.skipped[:20]:
+                    err.print(f"  {_safe(path)}: {_safe(reason)}")
+            err.print(f"read {len(docs)} documents from {_safe(corpus)}")
+            with err.status("loading models"):
+                idx = Index(config)
+            idx.add(docs, show_progress=True)
+            with err.status(f"saving {_safe(out_dir)}"):
+                idx.save(out_dir, protect=[corpus])
     except (RagkitError, ValueError) as e:
         _fail(e)
     c = idx.info()["counts"]
     times = ", ".join(f"{k} {v:.1f}s" for k, v in idx.timings.items())
-    out.print(f"[green]indexed[/] {c['documents']} documents as {c['chunks']} chunks into {out_dir} ({times})")
+    out.print(f"[green]indexed[/] {c['documents']} documents as {c['chunks']} chunks into {_safe(out_dir)} ({times})")
 
 
 def _load(index_dir: Path):
     from .index import Index
 
     try:
-        with err.status(f"loading {index_dir}"):
+        with err.status(f"loading {_safe(index_dir)}"):
             return Index.load(index_dir)
     except RagkitError as e:
         _fail(e)
@@ -141,13 +166,13 @@ def search(
         for h in hits:
             print(json.dumps(h.to_dict(), ensure_ascii=False))
         return
-    out.print(f"[bold]{escape(query)}[/]  ({retriever or idx.default_retriever}, {len(hits)} hits)")
+    out.print(f"[bold]{_safe(query)}[/]  ({_safe(retriever or idx.default_retriever)}, {len(hits)} hits)")
     for h in hits:
         snippet = " ".join(h.text.split())
         snippet = snippet[:220] + ("…" if len(snippet) > 220 else "")
-        out.print(f"[bold cyan]{h.rank:>2}.[/] [bold]{escape(h.title or h.doc_id)}[/]", overflow="ellipsis", no_wrap=True)
-        out.print(f"    [dim]{escape(h.chunk_id)} · {escape(h.source)} · chars {h.start}-{h.end} · score {h.score:.4f}[/]")
-        out.print(f"    {escape(snippet)}", highlight=False)
+        out.print(f"[bold cyan]{h.rank:>2}.[/] [bold]{_safe(h.title or h.doc_id)}[/]", overflow="ellipsis", no_wrap=True)
+        out.print(f"    [dim]{_safe(h.chunk_id)} · {_safe(h.source)} · chars {h.start}-{h.end} · score {h.score:.4f}[/]")
+        out.print(f"    {_safe(snippet)}", highlight=False)
 
 
 @app.command()
@@ -155,14 +180,19 @@ def add(
     index_dir: Path = typer.Argument(..., help="Index folder to update."),
     corpus: Path = typer.Argument(..., help="Documents to add (any corpus format)."),
     replace: bool = typer.Option(False, help="Replace documents whose ids are already indexed."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing the index, wait for it instead of failing."),
 ) -> None:
     """Add documents to an index; what is indexed already is not re-encoded."""
     from .corpus import load_corpus
+    from .index import Index
+    from .indexes.store import read_manifest
 
-    idx = _load(index_dir)
     try:
-        n = idx.add(load_corpus(corpus), replace=replace, show_progress=True)
-        idx.save(index_dir)
+        read_manifest(index_dir)  # a clear error for a missing or foreign index, before locking
+        with Index.writer_lock(index_dir, wait=wait, on_wait=_waiting(index_dir)):  # load -> add -> save
+            idx = _load(index_dir)
+            n = idx.add(load_corpus(corpus), replace=replace, show_progress=True)
+            idx.save(index_dir, protect=[corpus])
     except RagkitError as e:
         _fail(e)
     out.print(f"[green]added[/] {n} chunks; index now holds {idx.info()['counts']}")
@@ -172,14 +202,23 @@ def add(
 def delete(
     index_dir: Path = typer.Argument(..., help="Index folder to update."),
     doc_ids: list[str] = typer.Argument(..., help="Document ids to remove."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing the index, wait for it instead of failing."),
 ) -> None:
     """Delete documents (all their chunks) from an index."""
-    idx = _load(index_dir)
+    from .index import Index
+    from .indexes.store import read_manifest
+
     try:
-        n = idx.delete(doc_ids)
-    except KeyError as e:
-        _fail(Exception(e.args[0]))
-    idx.save(index_dir)
+        read_manifest(index_dir)
+        with Index.writer_lock(index_dir, wait=wait, on_wait=_waiting(index_dir)):  # load -> delete -> save
+            idx = _load(index_dir)
+            try:
+                n = idx.delete(doc_ids)
+            except KeyError as e:
+                _fail(Exception(e.args[0]))
+            idx.save(index_dir)
+    except RagkitError as e:
+        _fail(e)
     out.print(f"[green]deleted[/] {len(doc_ids)} documents ({n} chunks); index now holds {idx.info()['counts']}")
 
 
@@ -198,20 +237,20 @@ def info(
     if as_json:
         print(json.dumps(m, indent=2))
         return
-    t = Table(title=str(index_dir), show_header=False)
-    t.add_row("ragkit", f"{m['ragkit_version']} (format {m['format_version']})")
-    t.add_row("created / updated", f"{m['created']} / {m['updated']}")
-    t.add_row("documents / chunks", f"{m['counts']['documents']} / {m['counts']['chunks']}")
+    t = Table(title=_safe(index_dir), show_header=False)
+    t.add_row("ragkit", _safe(f"{m['ragkit_version']} (format {m['format_version']})"))
+    t.add_row("created / updated", _safe(f"{m['created']} / {m['updated']}"))
+    t.add_row("documents / chunks", _safe(f"{m['counts']['documents']} / {m['counts']['chunks']}"))
     enc = m.get("encoder", {})
-    t.add_row("encoder", f"{enc.get('id')} (dim {enc.get('dimension', '-')})")
+    t.add_row("encoder", _safe(f"{enc.get('id')} (dim {enc.get('dimension', '-')})"))
     ch = m["chunking"]
-    t.add_row("chunking", f"{ch['chunk_tokens']} tokens, overlap {ch['overlap']} ({ch['tokenizer']})")
+    t.add_row("chunking", _safe(f"{ch['chunk_tokens']} tokens, overlap {ch['overlap']} ({ch['tokenizer']})"))
     for name, r in m["retrievers"].items():
         detail = (f"{r['method']} k1={r['k1']} b={r['b']} stopwords={r['stopwords']} stemmer={r['stemmer']}"
                   if name == "bm25" else f"faiss {r['index']['kind']}" if name == "dense"
                   else f"{r['engine']}{' %d-bit' % r.get('nbits', 2) if r['engine'] == 'plaid' else ''}, checkpoint "
                        f"{r['model']['id']} (dim {r['model']['dim']}), {r['tokens']} token vectors")
-        t.add_row(name, detail)
+        t.add_row(_safe(name), _safe(detail))
     out.print(t)
 
 
@@ -296,13 +335,13 @@ def _print_sources(answer) -> None:
     for s in answer.sources:
         mark = ("[green]cited[/]" if s.n in cited else
                 f"[cyan]attributed by ragkit (cosine {attributed[s.n]:.2f})[/]" if s.n in attributed else "[dim]not cited[/]")
-        out.print(f"  [{s.n}] {escape(s.title or s.doc_id)} — {escape(s.source)}, {escape(s.chunk_id)}, "
+        out.print(f"  [{s.n}] {_safe(s.title or s.doc_id)} — {_safe(s.source)}, {_safe(s.chunk_id)}, "
                   f"chars {s.start}-{s.end}{' (cut)' if s.truncated else ''}  {mark}", soft_wrap=True)
     if answer.dropped:
-        out.print(f"  [yellow]left out for the context budget:[/] {', '.join(answer.dropped)}")
+        out.print(f"  [yellow]left out for the context budget:[/] {', '.join(_safe(d) for d in answer.dropped)}")
     if answer.knowledge:
         out.print(f"[bold]Background knowledge[/] (from domain adapters {', '.join(answer.adapters)}; may be wrong):")
-        out.print(escape(answer.knowledge), highlight=False, soft_wrap=True)
+        out.print(_safe(answer.knowledge, lines=True), highlight=False, soft_wrap=True)
     if answer.unknown_citations:
         out.print(f"  [yellow]cited numbers with no source:[/] {answer.unknown_citations}")
 
@@ -339,7 +378,7 @@ def chat(
             for piece in stream:
                 out.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
         except (RagkitError, ValueError) as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            err.print(f"[bold red]error:[/] {_safe(e, lines=True)}", soft_wrap=True)
             continue
         _print_sources(stream.answer)
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": stream.answer.text}]

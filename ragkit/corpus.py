@@ -250,12 +250,22 @@ def load_folder(folder: str | Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES,
 
 
 def detect_format(path: str | Path) -> str:
-    """'beir' for a folder with corpus.jsonl, 'jsonl' for a .jsonl file, 'folder' otherwise."""
+    """'beir' for a folder with corpus.jsonl, 'jsonl' for a .jsonl file, 'folder' otherwise.
+
+    A folder with BEIR's queries.jsonl or qrels/ but no corpus.jsonl is an error, not a folder of text
+    files: it is a BEIR data set whose corpus is missing, and indexing its README alone is never meant.
+    """
     path = Path(path)
     if not path.exists():
         raise CorpusError("no such file or folder", str(path))
     if path.is_dir():
-        return "beir" if (path / "corpus.jsonl").is_file() else "folder"
+        if (path / "corpus.jsonl").is_file():
+            return "beir"
+        beir_parts = [name for name in ("queries.jsonl", "qrels") if (path / name).exists()]
+        if beir_parts:
+            raise CorpusError(f"looks like a BEIR folder (it has {' and '.join(beir_parts)}) but has no corpus.jsonl; "
+                              "add the corpus, or pass --format folder to index its text files anyway", str(path))
+        return "folder"
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
     raise CorpusError("unknown corpus format: give a BEIR folder, a .jsonl file or a folder of text files", str(path))

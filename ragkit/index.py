@@ -17,7 +17,8 @@ from .chunking import Chunk, Chunker, ChunkingConfig
 from .corpus import Document, LoadReport, check_unique_ids, load_corpus
 from .errors import CorpusError, IndexFormatError
 from .indexes.chunks import ChunkStore
-from .indexes.store import FORMAT, FORMAT_VERSION, MANIFEST, atomic_dir, read_manifest, write_json
+from .indexes.store import (FORMAT, FORMAT_VERSION, MANIFEST, atomic_dir, check_output_dir, read_manifest, write_json,
+                            writer_lock)
 from .models.encoder import DEFAULT_ENCODER, SentenceEncoder, resolve_model_path
 from .progress import progress_bar
 from .retrieve.base import Ranking, Retriever
@@ -120,6 +121,7 @@ class Index:
         self.created = _now()
         self.updated = self.created
         self.timings: dict[str, float] = {}
+        self._corpus_paths: list[Path] = []
 
     # -- building -------------------------------------------------------------------------------
     @classmethod
@@ -132,6 +134,8 @@ class Index:
             raise CorpusError("corpus is empty: nothing to index")
         index = cls(config, encoder)
         index.add(docs, show_progress=show_progress)
+        if isinstance(corpus, (str, Path)):
+            index._corpus_paths.append(Path(corpus))  # save() refuses to write over it
         return index
 
     def add(self, docs: Sequence[Document], replace: bool = False, show_progress: bool | None = None) -> int:
@@ -247,10 +251,31 @@ class Index:
             "config": self.config.to_dict(),
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the index folder atomically: a failed or interrupted save leaves the old one intact."""
+    @staticmethod
+    def writer_lock(path: str | Path, wait: bool = False, on_wait=None):
+        """Context manager holding `path`'s writer lock (see `ragkit.indexes.store.writer_lock`); take
+        it before loading when you load, change and save an index, so that no other writer's change is
+        lost in between. Another writer is an `IndexLockedError` unless `wait`."""
+        return writer_lock(path, wait=wait, on_wait=on_wait)
+
+    @staticmethod
+    def check_output(path: str | Path, protect: Iterable[str | Path] = ()) -> None:
+        """`OutputPathError` unless `path` is absent, an empty folder or a ragkit index, and neither is
+        nor contains a path of `protect` (the corpus). `save` checks this itself; callers may check
+        early, before a long build."""
+        check_output_dir(path, FORMAT, protect)
+
+    def save(self, path: str | Path, protect: Iterable[str | Path] = (), wait: bool = False) -> Path:
+        """Write the index folder atomically: a failed or interrupted save leaves the old one intact.
+
+        `path` must be absent, an empty folder or a ragkit index (`OutputPathError` otherwise), and
+        neither be nor contain the corpus it was built from or a path in `protect`. The writer lock is
+        held while writing (`IndexLockedError` if another writer holds it, unless `wait`); an OSError
+        such as a full disk is a `WriteError` naming the path, the previous index left intact.
+        """
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        with writer_lock(path, wait=wait), \
+                atomic_dir(path, manifest_format=FORMAT, protect=[*self._corpus_paths, *protect]) as tmp:
             self.chunks.save(tmp / "chunks.jsonl")
             for name, r in self.retrievers.items():
                 (tmp / name).mkdir()
