@@ -211,7 +211,10 @@ def split(
     """Write the leak-checked Python-docs domain split (pydoc_data.topics, grouped by shared lines)."""
     from .adapters.domain import write_split
 
-    r = write_split(out_dir, valid_frac=valid, test_frac=test)
+    try:
+        r = write_split(out_dir, valid_frac=valid, test_frac=test)
+    except (RagkitError, ValueError, OSError) as e:
+        _fail(e)
     for k, v in r["splits"].items():
         out.print(f"{k}: {v['documents']} topics, {v['chars']} characters")
     for k, v in r["overlap"].items():

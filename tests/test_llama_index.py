@@ -85,3 +85,19 @@ def test_query_engine_answers_end_to_end_with_sources(index, llm):
     assert any(n.node.metadata["doc_id"] == "topic:assert" for n in response.source_nodes)
     streaming = query_engine(index, llm=llm, k=3, streaming=True).query("What does the assert statement do?")
     assert "".join(streaming.response_gen).strip() == response.response.strip()
+
+
+def test_query_engine_with_knowledge_but_no_reranker_keeps_k_nodes(index, llm):
+    """Knowledge adds one node; without a reranker nothing widens retrieval beyond k."""
+    from ragkit.adapters import PromptAdapter
+
+    class StaticKnowledge(PromptAdapter):
+        kind = "static"
+
+        def knowledge(self, question, hits=None):
+            return "- assert raises AssertionError when its expression is false"
+
+    engine = query_engine(index, llm=llm, k=2, knowledge=StaticKnowledge())
+    assert engine.retriever.k == 2
+    nodes = engine.retrieve(QueryBundle("What does the assert statement do?"))
+    assert len(nodes) == 3 and nodes[0].node.metadata.get("ragkit_knowledge")

@@ -67,6 +67,9 @@ def split_docs(docs: dict[str, str], valid_frac: float = 0.1, test_frac: float =
     """Assign whole groups (see `group_by_shared_lines`) to train / valid / test, about the given
     shares of characters; the order is a fixed hash of the group names (reproducible). Groups larger
     than half a held-out share always go to training."""
+    if not (0 < valid_frac < 1 and 0 < test_frac < 1 and valid_frac + test_frac < 1):
+        raise ValueError(f"the validation and test shares must be between 0 and 1 and leave room for training; "
+                         f"got --valid {valid_frac} and --test {test_frac}")
     total = sum(len(v) for v in docs.values())
     groups = group_by_shared_lines(docs)
     size = {g[0]: sum(len(docs[n]) for n in g) for g in groups}
@@ -94,17 +97,22 @@ def python_docs_topics() -> dict[str, str]:
 
 
 def write_split(out_dir: str | Path, docs: dict[str, str] | None = None, valid_frac: float = 0.1,
-                test_frac: float = 0.15) -> dict:
+                test_frac: float = 0.15, source: str | None = None) -> dict:
     """Write `train.txt`, `valid.txt`, `test.txt` (documents joined by blank lines) and `split.json`
-    (topic names per split, sizes, overlap report) under `out_dir`; returns the split.json dict."""
+    (topic names per split, sizes, overlap report) under `out_dir`; returns the split.json dict.
+    Without `docs`, the Python docs topics; `source` names where the documents came from."""
+    if source is None:
+        source = "pydoc_data.topics" if docs is None else "given documents"
     docs = python_docs_topics() if docs is None else docs
+    if not docs:
+        raise ValueError("no documents to split")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     split = split_docs(docs, valid_frac, test_frac)
     texts = {k: "\n\n".join(docs[n].strip() for n in names) + "\n" for k, names in split.items()}
     for k, t in texts.items():
         (out / f"{k}.txt").write_text(t, encoding="utf-8")
-    report = {"source": "pydoc_data.topics" if docs is None else "given documents",
+    report = {"source": source,
               "groups": len(group_by_shared_lines(docs)),
               "splits": {k: {"documents": len(v), "chars": len(texts[k]), "names": v} for k, v in split.items()},
               "overlap": {k: overlap_report(texts["train"], texts[k]) for k in ("valid", "test")},

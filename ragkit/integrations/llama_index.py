@@ -229,5 +229,6 @@ def query_engine(index: Index | str | Path, llm: LLM | RagkitLLM | None = None, 
     post = [RagkitRerankPostprocessor(reranker, top_n=k)] if reranker is not None else []
     if knowledge is not None:
         post.append(RagkitKnowledgePostprocessor(knowledge))
-    base = RagkitRetriever(index, k=max(k, rerank_candidates) if post else k, retriever=retriever)
+    # only a reranker needs the wider candidate set (it keeps the best k); knowledge adds one node
+    base = RagkitRetriever(index, k=max(k, rerank_candidates) if reranker is not None else k, retriever=retriever)
     return RetrieverQueryEngine.from_args(base, llm=llm, node_postprocessors=post, streaming=streaming, **kwargs)
