@@ -226,17 +226,42 @@ def delete(
 def info(
     index_dir: Path = typer.Argument(..., help="Index folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+    verify: bool = typer.Option(False, "--verify", help="Check every file against the size and sha256 recorded "
+                                "in the manifest (a load checks sizes, and hashes only files up to 64 MiB)."),
 ) -> None:
     """Show an index's manifest: encoder, chunking, counts, retrievers, dates."""
+    from .errors import IndexFormatError
+    from .indexes.integrity import FILES, check_files
     from .indexes.store import read_manifest
 
     try:
         m = read_manifest(index_dir)
     except RagkitError as e:
         _fail(e)
+    if verify:
+        if FILES not in m:
+            err.print(f"[yellow]warning:[/] {_safe(index_dir)} records no file checksums (written before they existed): "
+                      "nothing to verify; saving it again records them")
+        else:
+            problems = check_files(index_dir, m, full=True)
+            if problems:
+                for p in problems[1:]:
+                    err.print(f"[bold red]damaged:[/] {_safe(p)}", soft_wrap=True)
+                _fail(IndexFormatError(f"{len(problems)} damaged file(s) in {index_dir}: {problems[0]}"))
+            total = sum(f.get("bytes", 0) for f in m[FILES].values())
+            err.print(f"[green]verified[/] {len(m[FILES])} files ({total / 1e6:.1f} MB): sizes and sha256 match "
+                      "the manifest")
     if as_json:
         print(json.dumps(m, indent=2))
         return
+    try:
+        _info_table(index_dir, m)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        _fail(IndexFormatError(f"{index_dir}/manifest.json is damaged: a field is missing or of the wrong type "
+                               f"({e!r})"))
+
+
+def _info_table(index_dir: Path, m: dict) -> None:
     t = Table(title=_safe(index_dir), show_header=False)
     t.add_row("ragkit", _safe(f"{m['ragkit_version']} (format {m['format_version']})"))
     t.add_row("created / updated", _safe(f"{m['created']} / {m['updated']}"))

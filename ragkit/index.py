@@ -17,6 +17,7 @@ from .chunking import Chunk, Chunker, ChunkingConfig
 from .corpus import Document, LoadReport, check_unique_ids, load_corpus
 from .errors import CorpusError, IndexFormatError
 from .indexes.chunks import ChunkStore
+from .indexes.integrity import FILES, seal, verify_files
 from .indexes.store import (FORMAT, FORMAT_VERSION, MANIFEST, atomic_dir, check_output_dir, read_manifest, write_json,
                             writer_lock)
 from .models.encoder import DEFAULT_ENCODER, SentenceEncoder, resolve_model_path
@@ -280,7 +281,9 @@ class Index:
             for name, r in self.retrievers.items():
                 (tmp / name).mkdir()
                 r.save(tmp / name)
-            write_json(tmp / MANIFEST, self.manifest())  # last: a folder with a manifest is complete
+            manifest = self.manifest()
+            manifest[FILES] = seal(tmp)  # sizes + sha256, read back from the disk before the swap
+            write_json(tmp / MANIFEST, manifest)  # last: a folder with a manifest is complete
         return path
 
     @classmethod
@@ -289,11 +292,14 @@ class Index:
         path in `colbert`) than the one it was built with is an error."""
         path = Path(path)
         manifest = read_manifest(path)
+        verify_files(path, manifest)  # sizes always, sha256 of small files (ragkit.indexes.integrity)
         try:
             config = IndexConfig.from_dict(manifest["config"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise IndexFormatError(f"{path}/{MANIFEST} has an unreadable config: {e}") from e
         built = manifest.get("encoder", {})
+        if not isinstance(built, dict):
+            raise IndexFormatError(f"{path}/{MANIFEST} is damaged: 'encoder' is not an object")
         if "dense" in config.retrievers:
             if isinstance(encoder, str) or encoder is None:
                 encoder = SentenceEncoder.from_pretrained(encoder or config.encoder)
@@ -311,6 +317,14 @@ class Index:
         for name, r in index.retrievers.items():
             if len(r) != len(index.chunks):
                 raise IndexFormatError(f"{path} is damaged: {name} holds {len(r)} chunks, chunks.jsonl {len(index.chunks)}")
+            ids = getattr(r, "ids", None)
+            if ids is None:
+                ids = getattr(getattr(r, "store", None), "ids", None)
+            unknown = [cid for cid in ids if cid not in index.chunks] if ids is not None else []
+            if unknown:  # same counts, distinct ids: the two id sets differ, so searches would hit unknown ids
+                raise IndexFormatError(f"{path / 'chunks.jsonl'} is damaged: {len(unknown)} chunk id(s) that {name} "
+                                       f"indexes are not in it, e.g. {unknown[:3]} (a chunk id was changed or a line "
+                                       "replaced); restore the index or rebuild it")
         index.created, index.updated = manifest.get("created", ""), manifest.get("updated", "")
         return index
 

@@ -12,7 +12,10 @@ Two families, both attachable to a `ragkit.Pipeline` and stackable:
 On disk an adapter is a folder (by default under `adapters/`, or `$RAGKIT_ADAPTERS`) holding
 `manifest.json` and safetensors / faiss / json files; never pickle. The manifest records the kind,
 the base model, the tokenizer and corpus fingerprints, the training settings, fitted parameters
-(alpha / w / lambda) and metrics. Writes are atomic (a temporary folder swapped into place).
+(alpha / w / lambda) and metrics. Writes are atomic (a temporary folder swapped into place), and
+the manifest records every file's size and sha256 (`files`), checked as for indexes (see
+`ragkit.indexes.integrity`): sizes and the hashes of files up to 64 MiB on every `load_adapter`
+and whenever a model adapter folder is loaded; a damaged file is an `AdapterError` naming it.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import Any, Callable, Iterable
 
 from .. import __version__
 from ..errors import RagkitError
+from ..indexes.integrity import FILES, seal, verify_files
 from ..indexes.store import atomic_dir, write_json
 
 ADAPTER_FORMAT = "ragkit-adapter"
@@ -106,6 +110,7 @@ def write_adapter(path: str | Path, manifest: dict, write_files: Callable[[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(path) as tmp:
         write_files(tmp)
+        manifest = {**manifest, FILES: seal(tmp, error=AdapterError)}  # read back from the disk
         write_json(tmp / MANIFEST, manifest)
     return path
 
@@ -118,16 +123,57 @@ def read_adapter_manifest(path: str | Path) -> dict:
         raise AdapterError(f"{path} is not a ragkit adapter: it has no {MANIFEST}")
     try:
         m = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON or not UTF-8
         raise AdapterError(f"{f}: unreadable manifest: {e}") from e
     if not isinstance(m, dict) or m.get("format") != ADAPTER_FORMAT:
         raise AdapterError(f"{f}: not a ragkit adapter manifest (format {m.get('format') if isinstance(m, dict) else m!r})")
-    if int(m.get("format_version", 0)) > ADAPTER_FORMAT_VERSION:
+    version = m.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise AdapterError(f"{f} is damaged: format_version must be a whole number, got {version!r}")
+    if version > ADAPTER_FORMAT_VERSION:
         raise AdapterError(f"{f}: adapter format {m['format_version']} is newer than this ragkit reads "
                            f"({ADAPTER_FORMAT_VERSION}); upgrade ragkit")
-    if "kind" not in m:
-        raise AdapterError(f"{f}: the manifest has no 'kind' field")
+    if not isinstance(m.get("kind"), str):
+        raise AdapterError(f"{f}: the manifest has no 'kind' field" if "kind" not in m
+                           else f"{f} is damaged: 'kind' must be a string, got {m['kind']!r}")
+    for key in ("params", "training", "metrics", "models"):
+        if key in m and not isinstance(m[key], dict):
+            raise AdapterError(f"{f} is damaged: {key!r} must be an object, got {type(m[key]).__name__}")
     return m
+
+
+# numeric parameters of the built-in kinds: a manifest (or override) giving another type is refused at load
+NUMERIC_PARAMS = ("alpha", "w", "beta", "k", "temperature", "lambda", "nprobe", "samples", "max_new_tokens",
+                  "max_passages", "threads", "min_relevance", "min_consistency", "max_duplicate", "min_words",
+                  "top_p", "seed")
+BOOL_PARAMS = ("chat", "filter")
+STRING_PARAMS = ("sm", "prompt", "mode")
+
+
+def check_params(path: Path, m: dict) -> None:
+    """AdapterError naming the manifest and the field for a parameter of the wrong type (a string
+    `alpha`, a non-numeric `k`, ...) or a model reference that is not a string."""
+    f = path / MANIFEST
+    for key, value in m.get("params", {}).items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in NUMERIC_PARAMS and value is not None and not numeric:
+            raise AdapterError(f"{f}: parameter {key!r} must be a number, got {value!r}")
+        if isinstance(value, float) and value != value:
+            raise AdapterError(f"{f}: parameter {key!r} is NaN")
+        if key in BOOL_PARAMS and not isinstance(value, bool):
+            raise AdapterError(f"{f}: parameter {key!r} must be true or false, got {value!r}")
+        if key in STRING_PARAMS and not isinstance(value, str):
+            raise AdapterError(f"{f}: parameter {key!r} must be a string, got {value!r}")
+    for role, ref in m.get("models", {}).items():
+        if not isinstance(ref, str) or not ref:
+            raise AdapterError(f"{f}: model reference {role!r} must be a folder or model name, got {ref!r}")
+
+
+def verify_adapter_files(path: str | Path, manifest: dict | None = None, full: bool = False) -> None:
+    """AdapterError naming the first damaged file of an adapter folder (size, and sha256 of files up
+    to 64 MiB unless `full`); folders written before checksums existed pass unchecked."""
+    path = Path(path)
+    verify_files(path, manifest if manifest is not None else read_adapter_manifest(path), full=full, error=AdapterError)
 
 
 def update_manifest(path: str | Path, **fields: Any) -> dict:
@@ -193,8 +239,10 @@ def load_adapter(name_or_path: str | Path, **overrides: Any) -> Adapter:
     `overrides` replace fitted params for this load (e.g. alpha=0.2)."""
     path = resolve_adapter_path(name_or_path)
     m = read_adapter_manifest(path)
+    verify_adapter_files(path, m)
     if overrides:
         m = {**m, "params": {**m.get("params", {}), **overrides}}
+    check_params(path, m)
     from . import _register_all  # noqa: F401 - the built-in kinds register themselves on import
 
     loader = _LOADERS.get(m["kind"])

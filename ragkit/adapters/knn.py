@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..indexes.integrity import read_npy
 from .base import AdapterError, LogitsAdapter, new_manifest, register_kind, tokenizer_fingerprint, write_adapter
 from .logits import KNN_KEYS, KNNLMProcessor, capture_key
 
@@ -130,12 +131,25 @@ class KNNAdapter(LogitsAdapter):
             for f in (KEYS, VALUES):
                 if not (self.path / f).is_file():
                     raise AdapterError(f"{self.path}: kNN datastore file {f} is missing")
-            index = faiss.read_index(str(self.path / KEYS))
+            try:
+                index = faiss.read_index(str(self.path / KEYS))
+            except Exception as e:  # noqa: BLE001 - faiss raises RuntimeError (or worse) on a bad file
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise AdapterError(f"{self.path / KEYS} is damaged: faiss cannot read it ({first})") from e
             if hasattr(index, "nprobe"):
                 index.nprobe = int(self.manifest.get("params", {}).get("nprobe", 32))
-            values = torch.from_numpy(np.load(self.path / VALUES, allow_pickle=False))
+            raw = read_npy(self.path / VALUES, error=AdapterError)
+            if raw.ndim != 1 or not np.issubdtype(raw.dtype, np.integer) or (len(raw) and raw.min() < 0):
+                raise AdapterError(f"{self.path / VALUES} is damaged: expected one token id per key, got an array of "
+                                   f"shape {raw.shape} and type {raw.dtype}")
+            values = torch.from_numpy(raw.astype(np.int64, copy=False))
             if index.ntotal != len(values):
-                raise AdapterError(f"{self.path}: {index.ntotal} keys but {len(values)} values")
+                raise AdapterError(f"{self.path / KEYS} holds {index.ntotal} keys but {self.path / VALUES} "
+                                   f"{len(values)} values: one of the two files is damaged")
+            dim = self.manifest.get("training", {}).get("dim")
+            if isinstance(dim, int) and index.d != dim:
+                raise AdapterError(f"{self.path / KEYS} is damaged: keys of dimension {index.d}, the manifest "
+                                   f"records {dim}")
             self._store = (index, values)
         return self._store
 

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .base import AdapterError, LogitsAdapter, new_manifest, read_adapter_manifest, register_kind, write_adapter
+from .base import (AdapterError, LogitsAdapter, new_manifest, read_adapter_manifest, register_kind,
+                   verify_adapter_files, write_adapter)
 
 CHECKPOINT = "checkpoint"
 MODEL_KINDS = ("lora", "full", "distill")
@@ -57,19 +58,62 @@ def load_causal_lm(ref: str | Path, dtype: str = "float32") -> tuple[Any, Any, s
     ref_s = str(ref)
     if is_model_adapter(ref_s):
         m = read_adapter_manifest(ref_s)
-        if m["kind"] == "lora":
-            from peft import PeftModel
+        verify_adapter_files(ref_s, m)  # a damaged weight file: an AdapterError naming it, not a torch error
+        try:
+            if m["kind"] == "lora":
+                from peft import PeftModel
 
-            base, tok, _ = load_causal_lm(m["base_model"], dtype)
-            model = PeftModel.from_pretrained(base, ref_s).merge_and_unload()
-        else:
-            tok = AutoTokenizer.from_pretrained(ref_s)
-            model = AutoModelForCausalLM.from_pretrained(ref_s, dtype=getattr(torch, dtype))
+                base, tok, _ = load_causal_lm(m["base_model"], dtype)
+                model = PeftModel.from_pretrained(base, ref_s).merge_and_unload()
+            else:
+                tok = AutoTokenizer.from_pretrained(ref_s)
+                model = AutoModelForCausalLM.from_pretrained(ref_s, dtype=getattr(torch, dtype))
+        except AdapterError:
+            raise
+        except Exception as e:  # noqa: BLE001 - transformers / safetensors / peft raise many kinds
+            raise _load_error(Path(ref_s), e) from e
         return model.eval(), tok, Path(ref_s).name
     model_id, target = resolve_llm(ref_s)
-    tok = AutoTokenizer.from_pretrained(target)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=getattr(torch, dtype))
+    try:
+        tok = AutoTokenizer.from_pretrained(target)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=getattr(torch, dtype))
+    except Exception as e:  # noqa: BLE001
+        if Path(target).is_dir():  # a local model folder (a proxy's expert, an SM): name the damaged file
+            raise _load_error(Path(target), e) from e
+        raise
     return model.eval(), tok, model_id
+
+
+def _load_error(folder: Path, e: Exception) -> AdapterError:
+    """An AdapterError for a model folder that failed to load, naming the damaged file when one of
+    its weight / config / tokenizer files is unreadable."""
+    import json as _json
+
+    bad = None
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    st.get_slice(k)
+        except Exception:  # noqa: BLE001
+            bad = f
+            break
+    if bad is None:
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "adapter_config.json",
+                     "generation_config.json"):
+            f = folder / name
+            if f.is_file():
+                try:
+                    _json.loads(f.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    bad = f
+                    break
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if bad is not None:
+        return AdapterError(f"{bad} is damaged: the model in {folder} cannot be loaded ({first})")
+    return AdapterError(f"the model in {folder} cannot be loaded: {type(e).__name__}: {first}")
 
 
 def base_model_id(ref: str | Path) -> str:

@@ -25,6 +25,9 @@ class ChunkStore:
     def __getitem__(self, chunk_id: str) -> Chunk:
         return self._chunks[chunk_id]
 
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self._chunks
+
     @property
     def n_documents(self) -> int:
         return len(self._by_doc)
@@ -56,10 +59,31 @@ class ChunkStore:
 
     @classmethod
     def load(cls, path: Path) -> "ChunkStore":
+        """Read chunks.jsonl; a missing file, a bad line (not JSON, not a chunk, a field of the wrong
+        type) or a repeated chunk id is an IndexFormatError naming the file and line."""
         store = cls()
         try:
-            with open(path, encoding="utf-8") as f:
-                store.add(Chunk.from_dict(json.loads(line)) for line in f if line.strip())
+            f = open(path, encoding="utf-8")
+        except OSError as e:
+            raise IndexFormatError(f"chunk store {path} is missing or unreadable: {e.strerror or e}") from e
+        lineno = 0
+        try:
+            with f:
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    d = json.loads(line)
+                    if not isinstance(d, dict):
+                        raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+                    c = Chunk.from_dict(d)
+                    bad = [k for k in ("id", "doc_id", "text", "title", "source") if not isinstance(getattr(c, k), str)]
+                    bad += [k for k in ("n", "start", "end") if not isinstance(getattr(c, k), int)]
+                    if bad or not isinstance(c.metadata, dict):
+                        raise ValueError(f"field(s) of the wrong type: {', '.join(bad or ['metadata'])}")
+                    if c.id in store._chunks:
+                        raise ValueError(f"chunk id {c.id!r} appears twice")
+                    store.add([c])
         except (OSError, ValueError, TypeError) as e:
-            raise IndexFormatError(f"chunk store {path} is missing or damaged: {e}") from e
+            where = f"{path}:{lineno}" if lineno else str(path)
+            raise IndexFormatError(f"chunk store {where} is damaged: {e}") from e
         return store

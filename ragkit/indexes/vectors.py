@@ -14,9 +14,21 @@ from typing import Iterable, Protocol, Sequence
 import faiss
 import numpy as np
 
-from ..errors import IndexFormatError
+from ..errors import IndexFormatError, RagkitError
+from .integrity import read_json, read_npy
 
 KINDS = ("flat", "hnsw", "ivfpq")
+
+
+class InvalidVectorsError(RagkitError, ValueError):
+    """Vectors that cannot be stored: NaN or infinite values (they would silently wreck rankings)."""
+
+
+def nonfinite_rows(vectors: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Indices of the rows holding a NaN or an infinity (checked in blocks: bounded extra memory)."""
+    bad = [start + np.flatnonzero(~np.isfinite(vectors[start:start + block]).all(axis=1))
+           for start in range(0, len(vectors), block)]
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
 class VectorStore(Protocol):
@@ -98,6 +110,11 @@ class FaissVectorStore:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(ids) != len(vectors):
             raise ValueError(f"expected {len(ids)} vectors of dimension {self.dim}, got shape {vectors.shape}")
+        bad = nonfinite_rows(vectors)
+        if len(bad):
+            raise InvalidVectorsError(f"{len(bad)} of {len(vectors)} vectors hold NaN or infinite values (ids "
+                                      f"{[ids[i] for i in bad[:5]]}); the encoder produced invalid embeddings, "
+                                      "nothing was stored")
         dup = set(ids) & set(self.ids)
         if dup:
             raise ValueError(f"ids already stored: {sorted(dup)[:5]}")
@@ -136,21 +153,46 @@ class FaissVectorStore:
 
     @classmethod
     def load(cls, path: Path) -> "FaissVectorStore":
+        """Read a saved store; a missing, truncated or inconsistent file (wrong width, NaN vectors,
+        a faiss file that does not match) is an IndexFormatError naming it."""
         path = Path(path)
+        meta = read_json(path / "store.json")
         try:
-            meta = json.loads((path / "store.json").read_text())
             dim = meta.pop("dim")
+            if not isinstance(dim, int) or dim <= 0:
+                raise ValueError(f"bad dimension {dim!r}")
             store = cls(dim, FaissConfig(**meta))
-            store.ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
-            store.vectors = np.load(path / "vectors.npy", allow_pickle=False)
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise IndexFormatError(f"vector store in {path} is missing or damaged: {e}") from e
-        if len(store.ids) != len(store.vectors):
-            raise IndexFormatError(f"vector store in {path} is damaged: {len(store.ids)} ids, {len(store.vectors)} vectors")
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{path / 'store.json'} is damaged: {e}") from e
+        ids = read_json(path / "ids.json")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids):
+            raise IndexFormatError(f"{path / 'ids.json'} is damaged: expected a list of distinct chunk ids")
+        vectors = read_npy(path / "vectors.npy")
+        f = path / "vectors.npy"
+        if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype != np.float32:
+            raise IndexFormatError(f"{f} is damaged: vectors of shape {vectors.shape} and type {vectors.dtype}, "
+                                   f"expected float32 vectors of dimension {dim} (store.json)")
+        if len(ids) != len(vectors):
+            raise IndexFormatError(f"vector store in {path} is damaged: {path / 'ids.json'} holds {len(ids)} ids, "
+                                   f"{f} {len(vectors)} vectors")
+        bad = nonfinite_rows(vectors)
+        if len(bad):
+            raise IndexFormatError(f"{f} is damaged: {len(bad)} of {len(vectors)} vectors hold NaN or infinite values "
+                                   f"(ids {[ids[i] for i in bad[:5]]})")
+        store.ids, store.vectors = ids, vectors
         index_file = path / "faiss.index"
         if store.config.kind != "flat" and index_file.exists():
-            store.index = faiss.read_index(str(index_file))
+            try:
+                store.index = faiss.read_index(str(index_file))
+            except Exception as e:  # noqa: BLE001 - faiss raises RuntimeError (or worse) on a bad file
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise IndexFormatError(f"{index_file} is damaged: faiss cannot read it ({first})") from e
+            if store.index.d != dim or store.index.ntotal != len(ids):
+                raise IndexFormatError(f"{index_file} is damaged: it holds {store.index.ntotal} vectors of dimension "
+                                       f"{store.index.d}, {f} {len(ids)} of dimension {dim}")
             if store.config.kind == "hnsw":
+                if not hasattr(store.index, "hnsw"):
+                    raise IndexFormatError(f"{index_file} is damaged: not an HNSW index ({type(store.index).__name__})")
                 store.index.hnsw.efSearch = store.config.hnsw_ef_search
         else:
             store._rebuild()

@@ -24,8 +24,9 @@ from typing import Callable, Iterable, Sequence
 import bm25s
 import numpy as np
 
-from ..chunking import Chunk
+from ..chunking import WINDOW_CHARS, Chunk, text_windows
 from ..errors import IndexFormatError
+from ..indexes.integrity import read_json, read_npz
 from .base import Ranking, Retriever
 
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+", "okapi")
@@ -110,7 +111,13 @@ class BM25Retriever(Retriever):
 
     # -- building -------------------------------------------------------------------------------
     def _token_ids(self, text: str) -> np.ndarray:
+        """Token ids of `text`; a long text is tokenized in windows cut at whitespace (the same
+        tokens for any token pattern that does not match across whitespace, as the default), so
+        a huge document never holds millions of Python strings at once."""
         vocab = self.vocab
+        if len(text) > WINDOW_CHARS:
+            parts = [self._token_ids(piece) for _, piece in text_windows(text)]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
         return np.array([vocab.setdefault(t, len(vocab)) for t in self.tokenize(text)], dtype=np.int32)
 
     def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
@@ -255,28 +262,68 @@ class BM25Retriever(Retriever):
 
     @classmethod
     def load(cls, path: Path) -> "BM25Retriever":
+        """Read a saved BM25 state; a missing, truncated or inconsistent file is an IndexFormatError
+        naming it (token ids beyond the vocabulary, id lists of the wrong length, ...)."""
         path = Path(path)
+        cfg = read_json(path / "config.json")
         try:
-            config = BM25Config(**json.loads((path / "config.json").read_text(encoding="utf-8")))
-            vocab_list = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-            ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
-            r = cls(config)
-            r.doc_tokens = _read_token_lists(path / "tokens.npz")
-            if config.unit == "document":
-                docs = json.loads((path / "documents.json").read_text(encoding="utf-8"))
-                r.doc_ids, r.doc_chunks = docs["ids"], docs["chunks"]
-                r.doc_level_tokens = _read_token_lists(path / "doc_tokens.npz")
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise IndexFormatError(f"BM25 index in {path} is missing or damaged: {e}") from e
+            config = BM25Config(**cfg)
+        except (TypeError, ValueError) as e:
+            raise IndexFormatError(f"{path / 'config.json'} is damaged: {e}") from e
+        vocab_list = read_json(path / "vocab.json")
+        if not isinstance(vocab_list, list) or not all(isinstance(t, str) for t in vocab_list):
+            raise IndexFormatError(f"{path / 'vocab.json'} is damaged: expected a list of terms")
+        vocab = {t: i for i, t in enumerate(vocab_list)}
+        if len(vocab) != len(vocab_list):
+            raise IndexFormatError(f"{path / 'vocab.json'} is damaged: a term appears twice")
+        ids = _str_list(path / "ids.json", read_json(path / "ids.json"))
+        r = cls(config)
+        r.doc_tokens = _read_token_lists(path / "tokens.npz", len(vocab))
+        if len(r.doc_tokens) != len(ids):
+            raise IndexFormatError(f"BM25 index in {path} is damaged: {path / 'ids.json'} holds {len(ids)} chunk ids, "
+                                   f"{path / 'tokens.npz'} {len(r.doc_tokens)} token lists")
+        if len(set(ids)) != len(ids):
+            raise IndexFormatError(f"{path / 'ids.json'} is damaged: a chunk id appears twice")
+        if config.unit == "document":
+            f = path / "documents.json"
+            docs = read_json(f)
+            if not isinstance(docs, dict) or not isinstance(docs.get("chunks"), list):
+                raise IndexFormatError(f"{f} is damaged: expected an object with 'ids' and 'chunks'")
+            r.doc_ids = _str_list(f, docs.get("ids"))
+            r.doc_chunks = [_str_list(f, c) for c in docs["chunks"]]
+            r.doc_level_tokens = _read_token_lists(path / "doc_tokens.npz", len(vocab))
+            if not len(r.doc_ids) == len(r.doc_chunks) == len(r.doc_level_tokens):
+                raise IndexFormatError(f"BM25 index in {path} is damaged: {f} lists {len(r.doc_ids)} documents with "
+                                       f"{len(r.doc_chunks)} chunk lists, {path / 'doc_tokens.npz'} "
+                                       f"{len(r.doc_level_tokens)} token lists")
+            listed = [c for cids in r.doc_chunks for c in cids]
+            if len(listed) != len(ids) or set(listed) != set(ids):
+                raise IndexFormatError(f"BM25 index in {path} is damaged: the chunks of {f} are not the chunks "
+                                       f"of {path / 'ids.json'}")
         r.ids = ids
-        r.vocab = {t: i for i, t in enumerate(vocab_list)}
+        r.vocab = vocab
         r._rebuild()
         return r
 
 
-def _read_token_lists(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        flat, lengths = z["flat"], z["lengths"]
+def _str_list(path: Path, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise IndexFormatError(f"{path} is damaged: expected a list of ids")
+    return value
+
+
+def _read_token_lists(path: Path, n_vocab: int) -> list[np.ndarray]:
+    flat, lengths = read_npz(path, ("flat", "lengths"))
+    if (flat.ndim != 1 or lengths.ndim != 1 or not np.issubdtype(flat.dtype, np.integer)
+            or not np.issubdtype(lengths.dtype, np.integer)):
+        raise IndexFormatError(f"{path} is damaged: unexpected array shapes or types")
+    if (len(lengths) and lengths.min() < 0) or int(lengths.sum()) != len(flat):
+        raise IndexFormatError(f"{path} is damaged: the token counts add up to {int(lengths.sum())}, "
+                               f"the file holds {len(flat)} tokens")
+    if len(flat) and (int(flat.min()) < 0 or int(flat.max()) >= n_vocab):
+        raise IndexFormatError(f"{path} holds token ids up to {int(flat.max())} but the vocabulary "
+                               f"{path.parent / 'vocab.json'} has {n_vocab} terms: one of the two is damaged "
+                               "or truncated")
     return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
 
 

@@ -27,6 +27,8 @@ import numpy as np
 
 from ..chunking import Chunk
 from ..errors import IndexFormatError
+from ..indexes.integrity import read_json, read_npy
+from ..indexes.vectors import InvalidVectorsError, nonfinite_rows
 from .base import Ranking, Retriever
 
 if TYPE_CHECKING:  # torch and the model load only when ColBERT is used: `ragkit info` and BM25-only
@@ -134,6 +136,12 @@ class ColBERTRetriever(TokenVectorRetriever):
         if not len(ids):
             return
         new = np.concatenate([np.asarray(a, dtype=np.float16) for a in arrays])
+        if new.ndim != 2 or new.shape[1] != self.model.dim:
+            raise ValueError(f"expected token vectors of dimension {self.model.dim}, got shape {new.shape}")
+        bad = nonfinite_rows(new)
+        if len(bad):
+            raise InvalidVectorsError(f"{len(bad)} token vectors hold NaN or infinite values (or overflow float16); "
+                                      "the ColBERT model produced invalid embeddings, nothing was stored")
         self.ids.extend(ids)
         self.lengths = np.concatenate([self.lengths, [len(a) for a in arrays]]).astype(np.int64)
         self.emb = np.concatenate([self.emb, new]) if len(self.emb) else new
@@ -240,12 +248,14 @@ class ColBERTRetriever(TokenVectorRetriever):
         """Load a saved retriever; its checkpoint is loaded from the recorded id unless `model` is given.
         A model other than the one the chunks were encoded with is an IndexFormatError."""
         path = Path(path)
+        meta = read_json(path / "config.json")
         try:
-            meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
             built = meta.pop("model")
             config = ColBERTConfig(**{k: v for k, v in meta.items() if k in ColBERTConfig.__dataclass_fields__})
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise IndexFormatError(f"ColBERT index in {path} is missing or damaged: {e}") from e
+            if not isinstance(built, dict):
+                raise TypeError("'model' is not an object")
+        except (AttributeError, ValueError, TypeError, KeyError) as e:
+            raise IndexFormatError(f"{path / 'config.json'} is damaged: {e}") from e
         if config.engine != "exact":
             raise IndexFormatError(f"{path} holds a ColBERT {config.engine!r} index: open it with "
                                    "ragkit.retrieve.colbert_plaid.PlaidRetriever.load (Index.load does)")
@@ -255,18 +265,35 @@ class ColBERTRetriever(TokenVectorRetriever):
             model = ColBERTModel.from_pretrained(model or config.checkpoint)
         check_checkpoint(path, built, model.describe())
         r = cls(model, config)
-        try:
-            r.ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
-            r.lengths = np.load(path / "lengths.npy", allow_pickle=False)
-            r.emb = np.load(path / "embeddings.npy", mmap_mode="r", allow_pickle=False)
-            if (path / "centroids.npy").is_file():
-                r.centroids = np.load(path / "centroids.npy", allow_pickle=False)
-                r.codes = np.load(path / "codes.npy", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise IndexFormatError(f"ColBERT index in {path} is missing or damaged: {e}") from e
-        if len(r.ids) != len(r.lengths) or int(r.lengths.sum()) != len(r.emb) or r.emb.shape[1] != model.dim:
-            raise IndexFormatError(f"ColBERT index in {path} is damaged: {len(r.ids)} ids, {len(r.lengths)} lengths, "
-                                   f"{len(r.emb)} token vectors of dimension {r.emb.shape[1]}")
+        ids = read_json(path / "ids.json")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids):
+            raise IndexFormatError(f"{path / 'ids.json'} is damaged: expected a list of distinct chunk ids")
+        r.ids = ids
+        r.lengths = read_npy(path / "lengths.npy")
+        r.emb = read_npy(path / "embeddings.npy", mmap=True)
+        if (r.lengths.ndim != 1 or not np.issubdtype(r.lengths.dtype, np.integer)
+                or (len(r.lengths) and r.lengths.min() < 0)):
+            raise IndexFormatError(f"{path / 'lengths.npy'} is damaged: expected one non-negative token count "
+                                   "per chunk")
+        if r.emb.ndim != 2 or r.emb.dtype != np.float16 or r.emb.shape[1] != model.dim:
+            raise IndexFormatError(f"{path / 'embeddings.npy'} is damaged: token vectors of shape {r.emb.shape} and "
+                                   f"type {r.emb.dtype}, expected float16 vectors of dimension {model.dim}")
+        if len(r.ids) != len(r.lengths) or int(r.lengths.sum()) != len(r.emb):
+            raise IndexFormatError(f"ColBERT index in {path} is damaged: {path / 'ids.json'} holds {len(r.ids)} ids, "
+                                   f"{path / 'lengths.npy'} {len(r.lengths)} lengths adding up to "
+                                   f"{int(r.lengths.sum())} tokens, {path / 'embeddings.npy'} {len(r.emb)} "
+                                   "token vectors")
+        if (path / "centroids.npy").is_file() or (path / "codes.npy").is_file():
+            r.centroids = read_npy(path / "centroids.npy")
+            r.codes = read_npy(path / "codes.npy")
+            if (r.centroids.ndim != 2 or r.centroids.shape[1] != model.dim or not len(r.centroids)
+                    or len(nonfinite_rows(r.centroids))):
+                raise IndexFormatError(f"{path / 'centroids.npy'} is damaged: shape {r.centroids.shape}, expected "
+                                       f"finite centroids of dimension {model.dim}")
+            if (r.codes.ndim != 1 or len(r.codes) != len(r.emb) or not np.issubdtype(r.codes.dtype, np.integer)
+                    or (len(r.codes) and (r.codes.min() < 0 or r.codes.max() >= len(r.centroids)))):
+                raise IndexFormatError(f"{path / 'codes.npy'} is damaged: expected one centroid id below "
+                                       f"{len(r.centroids)} per token vector ({len(r.emb)})")
         r._reindex()
         return r
 

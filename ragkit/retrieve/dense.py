@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..chunking import Chunk
+from ..errors import IndexFormatError
+from ..indexes.integrity import read_json
 from ..indexes.vectors import FaissConfig, FaissVectorStore, VectorStore
 from ..models.encoder import SentenceEncoder
 from .base import Ranking, Retriever
@@ -66,5 +68,9 @@ class DenseRetriever(Retriever):
     @classmethod
     def load(cls, path: Path, encoder: SentenceEncoder) -> "DenseRetriever":
         path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
-        return cls(encoder, DenseConfig.from_dict(cfg), FaissVectorStore.load(path))
+        cfg = read_json(path / "config.json")
+        try:
+            config = DenseConfig.from_dict(cfg)
+        except (AttributeError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{path / 'config.json'} is damaged: {e}") from e
+        return cls(encoder, config, FaissVectorStore.load(path))
