@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment, write_results  # noqa: E402
 
-from ragkit.adapters import load_adapter  # noqa: E402
-from ragkit.adapters.evaluate import evaluate, format_table  # noqa: E402
+from ragkit.adaptation import load_adapter  # noqa: E402
+from ragkit.adaptation.evaluate import evaluate, format_table  # noqa: E402
 
 
 def main() -> None:

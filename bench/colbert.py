@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, require_datasets, table, write_results  # noqa: E402
 
-from ragkit.evaluate import build_eval_index, score_index  # noqa: E402
+from ragkit.retrieval.evaluate import build_eval_index, score_index  # noqa: E402
 
 SETS = ["adi", "time", "cisi", "cranfield", "pubmedqa_labeled", "cacm", "lisa", "npl"]
 RETRIEVERS = ["bm25", "dense", "hybrid", "colbert", "hybrid+colbert_rerank"]
@@ -39,8 +39,8 @@ def speed(index, data_dir: Path, index_s: float) -> dict:
     """Exact-engine speed on a built index: disk size, query latency, rerank latency (one thread)."""
     import torch
 
-    from ragkit.corpus import load_beir_judged
-    from ragkit.retrieve.colbert import ColBERTRetriever
+    from ragkit.data.corpus import load_beir_judged
+    from ragkit.retrieval.colbert.exact import ColBERTRetriever
 
     torch.set_num_threads(1)
     queries = list(load_beir_judged(data_dir)[0].values())
@@ -75,8 +75,8 @@ def speed(index, data_dir: Path, index_s: float) -> dict:
         out["rerank_100_stored"] = lat(lambda q: loaded.score_rows(qv[q], np.array([loaded._row[c] for c in cands[q]])),
                                        queries[:30])
         out["rerank_100_stored"]["note"] = "MaxSim over stored fp16 token vectors, query already encoded"
-        from ragkit.rerank import ColBERTReranker
-        from ragkit.index import Hit
+        from ragkit.retrieval.rerank import ColBERTReranker
+        from ragkit.retrieval.index import Hit
 
         rr = ColBERTReranker(model=loaded.model)  # no stored vectors: encodes the 100 texts
         hits = {q: [Hit(i, 0.0, c, c, index.chunks[c].title, index.chunks[c].text, "", 0, 0)

@@ -48,12 +48,12 @@ def main() -> None:
     import ir_measures
     import torch
 
-    from ragkit.chunking import Chunker, ChunkingConfig
-    from ragkit.corpus import load_beir_corpus, load_beir_judged
-    from ragkit.evaluate import MEASURES, best_chunk_per_document
-    from ragkit.models.colbert import ColBERTModel
-    from ragkit.retrieve.colbert import ColBERTConfig, ColBERTRetriever
-    from ragkit.retrieve.colbert_plaid import PlaidRetriever, load_extensions
+    from ragkit.data.chunking import Chunker, ChunkingConfig
+    from ragkit.data.corpus import load_beir_corpus, load_beir_judged
+    from ragkit.retrieval.evaluate import MEASURES, best_chunk_per_document
+    from ragkit.retrieval.colbert.model import ColBERTModel
+    from ragkit.retrieval.colbert.exact import ColBERTConfig, ColBERTRetriever
+    from ragkit.retrieval.colbert.plaid import PlaidRetriever, load_extensions
 
     name = sys.argv[1] if len(sys.argv) > 1 else "npl"
     data = require_datasets() / name

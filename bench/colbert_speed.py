@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, load_set, write_results  # noqa: E402
 
-from ragkit.chunking import Chunker, ChunkingConfig  # noqa: E402
-from ragkit.models.colbert import ColBERTModel  # noqa: E402
-from ragkit.retrieve.colbert import ColBERTConfig, ColBERTRetriever  # noqa: E402
+from ragkit.data.chunking import Chunker, ChunkingConfig  # noqa: E402
+from ragkit.retrieval.colbert.model import ColBERTModel  # noqa: E402
+from ragkit.retrieval.colbert.exact import ColBERTConfig, ColBERTRetriever  # noqa: E402
 
 NOTE = ("measured on 2 shared CPU cores while other jobs (tests, training) were running: "
         "timings are noisy and pessimistic")

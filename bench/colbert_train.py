@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, environment, require_datasets, table, write_results  # noqa: E402
 
-from ragkit.evaluate import evaluate_beir  # noqa: E402
-from ragkit.index import IndexConfig  # noqa: E402
-from ragkit.retrieve.colbert import ColBERTConfig  # noqa: E402
+from ragkit.retrieval.evaluate import evaluate_beir  # noqa: E402
+from ragkit.retrieval.index import IndexConfig  # noqa: E402
+from ragkit.retrieval.colbert.exact import ColBERTConfig  # noqa: E402
 
 NOTE = ("measured on 2 CPU cores shared with other heavy jobs (load averages below): seconds are noisy and "
         "pessimistic; nDCG/R/RR are exact")
@@ -49,8 +49,8 @@ def main() -> None:
     load = {"start": [round(x, 2) for x in os.getloadavg()]}
     ckpt = args.checkpoint
     if ckpt is None:
-        from ragkit.corpus import load_beir_corpus
-        from ragkit.train_colbert import (TrainConfig, beir_triples, synthesize_distillation, synthesize_triples,
+        from ragkit.data.corpus import load_beir_corpus
+        from ragkit.retrieval.colbert.train import (TrainConfig, beir_triples, synthesize_distillation, synthesize_triples,
                                           train_colbert)
 
         ckpt = ROOT / "indexes" / f"colbert-{args.set}"

@@ -26,7 +26,7 @@ def require_datasets() -> Path:
 
 def load_set(name: str):
     """(documents, judged query texts) of a shared BEIR set."""
-    from ragkit.corpus import load_beir_corpus, load_beir_judged
+    from ragkit.data.corpus import load_beir_corpus, load_beir_judged
 
     data = require_datasets() / name
     return load_beir_corpus(data), list(load_beir_judged(data)[0].values())

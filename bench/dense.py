@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ragkit import Index, IndexConfig  # noqa: E402
-from ragkit.indexes.vectors import FaissConfig, FaissVectorStore  # noqa: E402
-from ragkit.models.encoder import SentenceEncoder  # noqa: E402
+from ragkit.retrieval.stores.vectors import FaissConfig, FaissVectorStore  # noqa: E402
+from ragkit.retrieval.encoder import SentenceEncoder  # noqa: E402
 
 
 def main() -> None:

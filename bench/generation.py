@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from ragkit.config import PipelineConfig  # noqa: E402
-from ragkit.llm import GenerationConfig  # noqa: E402
-from ragkit.pipeline import Pipeline  # noqa: E402
+from ragkit.generation.llm import GenerationConfig  # noqa: E402
+from ragkit.generation.pipeline import Pipeline  # noqa: E402
 
 QUESTIONS = ["How do I read a text file line by line?", "What does the assert statement do?",
              "How can I sort a list of dictionaries by a key?", "What is a generator expression?",

@@ -6,8 +6,8 @@
 `train` writes the SM's training text (`corpora/pubmedqa_sm/train.txt`: "Question: ...\\nBackground:
 <passage>" for the questions of qrels/train.tsv only), checks it against the test passages (shared
 ids, identical texts, word 8-gram overlap), LoRA-tunes the packaged SmolLM2-135M-Instruct with
-`ragkit.adapters.train.finetune` into `adapters/pubmedqa-sm`, and wraps it in a `knowledge` adapter
-`adapters/pubmedqa-knowledge`. `eval` runs `ragkit.evaluate_qa` on the first N test questions (the
+`ragkit.adaptation.train.finetune` into `adapters/pubmedqa-sm`, and wraps it in a `knowledge` adapter
+`adapters/pubmedqa-knowledge`. `eval` runs `ragkit.generation.evaluate` on the first N test questions (the
 same ones for every condition) and writes `bench/results/eval_qa_pubmedqa_knowledge.json`.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def train(args) -> None:
-    from ragkit.adapters.knowledge import background_corpus, make_knowledge_adapter, split_overlap
-    from ragkit.adapters.train import finetune
+    from ragkit.adaptation.knowledge import background_corpus, make_knowledge_adapter, split_overlap
+    from ragkit.adaptation.train import finetune
 
     overlap = split_overlap(DATA, "train", "test")
     print("train/test overlap:", overlap, flush=True)
@@ -53,10 +53,10 @@ def train(args) -> None:
 
 
 def evaluate(args) -> None:
-    from ragkit.adapters import load_adapter
+    from ragkit.adaptation import load_adapter
     from ragkit.config import PipelineConfig
-    from ragkit.evaluate_qa import evaluate_qa
-    from ragkit.pipeline import Pipeline
+    from ragkit.generation.evaluate import evaluate_qa
+    from ragkit.generation.pipeline import Pipeline
 
     config = PipelineConfig()
     config.llm.model = args.llm
@@ -64,8 +64,8 @@ def evaluate(args) -> None:
     config.llm.prefill_threads = args.prefill_threads  # 1: on a loaded 2-core machine two threads were slower
     pipeline = Pipeline.from_config(config)
     if args.retriever == "bm25":  # no dense encoding of the corpus (bm25 nDCG@10 0.976 vs hybrid 0.985 here)
-        from ragkit.corpus import load_beir_corpus
-        from ragkit.index import Index, IndexConfig
+        from ragkit.data.corpus import load_beir_corpus
+        from ragkit.retrieval.index import Index, IndexConfig
 
         pipeline.index = Index.build(load_beir_corpus(DATA), IndexConfig(retrievers=["bm25"]))
     config.retrieval.retriever = args.retriever
@@ -90,7 +90,7 @@ def evaluate(args) -> None:
 
 
 def _write(args, pipeline, res, t0) -> None:
-    from ragkit.adapters.knowledge import split_overlap
+    from ragkit.adaptation.knowledge import split_overlap
 
     adapter = pipeline.prompt_adapters[0]
     sm_train = ROOT / "adapters" / "pubmedqa-sm-train.json"

@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, read_baselines, require_datasets, table, write_results  # noqa: E402
 
-from ragkit.evaluate import evaluate_beir  # noqa: E402
-from ragkit.index import IndexConfig  # noqa: E402
-from ragkit.retrieve.hybrid import FusionConfig  # noqa: E402
+from ragkit.retrieval.evaluate import evaluate_beir  # noqa: E402
+from ragkit.retrieval.index import IndexConfig  # noqa: E402
+from ragkit.retrieval.hybrid import FusionConfig  # noqa: E402
 
 SETS = ["adi", "time", "cisi", "cranfield", "cacm", "pubmedqa_labeled", "lisa", "npl"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ragkit.adapters.domain import write_split
+from ragkit.data.splits import write_split
 
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "corpora/pydocs-lm"

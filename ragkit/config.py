@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from .errors import RagkitError
-from .llm.base import GenerationConfig
+from ragkit.errors import RagkitError
+from ragkit.generation.llm.base import GenerationConfig
 
 DEFAULT_SYSTEM = ("You answer questions using only the numbered sources. Cite every source you use with its "
                   "number in square brackets, like [1]. If the sources do not contain the answer, say so.")
@@ -35,7 +35,7 @@ class ConfigError(RagkitError):
 class RetrievalConfig:
     retriever: str | None = None  # bm25, dense, hybrid; None: the index's default
     k: int = 5
-    rerank: str | None = None     # None, "maxsim" or "maxsim:MODEL" (see ragkit.rerank)
+    rerank: str | None = None     # None, "maxsim" or "maxsim:MODEL" (see ragkit.retrieval.rerank)
     rerank_candidates: int = 30   # hits the reranker reorders before the top k are kept
 
 
@@ -44,7 +44,7 @@ class LLMConfig:
     backend: str = "hf"           # hf (local transformers) or openai (an OpenAI-compatible endpoint)
     model: str = "default"
     dtype: str = "float32"
-    threads: int | None = 1       # torch threads while decoding (one: see ragkit.llm.hf)
+    threads: int | None = 1       # torch threads while decoding (one: see ragkit.generation.llm.hf)
     prefill_threads: int | None = 2  # torch threads for the prompt's forward pass
     base_url: str = ""
     api_key_env: str = "OPENAI_API_KEY"
@@ -63,7 +63,7 @@ class PromptConfig:
     # its most similar source (the index's encoder, cosine >= attribute_min_similarity) and those
     # source numbers are appended to the answer; Answer.attributions says which. 0 or less: off.
     attribute_min_similarity: float = 0.5
-    # Black-box domain adapters (ragkit.adapters.PromptAdapter) write a knowledge section, put
+    # Black-box domain adapters (ragkit.adaptation.PromptAdapter) write a knowledge section, put
     # before the sources under this header (or where the template says {knowledge}); it takes at
     # most knowledge_max_tokens of the context budget (cut at a token boundary).
     knowledge_header: str = KNOWLEDGE_HEADER

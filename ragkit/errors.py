@@ -23,6 +23,10 @@ class ModelLoadError(RagkitError):
     """A model could not be found or loaded."""
 
 
+class AdapterError(RagkitError):
+    """An adapter folder is missing or wrong, or does not fit the model it is attached to."""
+
+
 class BackendError(RagkitError):
     """An LLM endpoint could not be reached or answered with an error."""
 

@@ -15,7 +15,7 @@ DATASETS = Path(os.environ.get("RAGKIT_DATASETS", ROOT.parent / "shared" / "data
 
 @pytest.fixture(scope="session")
 def encoder():
-    from ragkit.models.encoder import SentenceEncoder
+    from ragkit.retrieval.encoder import SentenceEncoder
 
     return SentenceEncoder.from_pretrained("default")
 
@@ -25,7 +25,7 @@ def topic_docs():
     """Real text every Python ships: the language-reference topics of pydoc_data."""
     from pydoc_data.topics import topics
 
-    from ragkit.corpus import Document
+    from ragkit.data.corpus import Document
 
     return [Document(f"topic:{k}", v, k, f"pydoc_data.topics:{k}") for k, v in sorted(topics.items())]
 

@@ -8,15 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from ragkit import Index
-from ragkit.adapters import AdapterError, LogitsAdapter, PromptAdapter, load_adapter
-from ragkit.adapters.knowledge import (KnowledgeAdapter, background_corpus, clean_candidate, make_knowledge_adapter,
+from ragkit.adaptation import AdapterError, LogitsAdapter, PromptAdapter, load_adapter
+from ragkit.adaptation.knowledge import (KnowledgeAdapter, background_corpus, clean_candidate, make_knowledge_adapter,
                                        split_overlap)
 from ragkit.cli import app
 from ragkit.config import KNOWLEDGE_HEADER, ConfigError, PipelineConfig
-from ragkit.evaluate_qa import evaluate_qa
-from ragkit.llm import GenerationConfig, HFCausalLM
-from ragkit.llm.openai_compat import OpenAICompatLLM
-from ragkit.pipeline import Pipeline
+from ragkit.generation.evaluate import evaluate_qa
+from ragkit.generation.llm import GenerationConfig, HFCausalLM
+from ragkit.generation.llm.openai_compat import OpenAICompatLLM
+from ragkit.generation.pipeline import Pipeline
 
 SHORT = GenerationConfig(max_new_tokens=12)
 QUESTION = "Does aspirin reduce the risk of heart attack?"
@@ -31,7 +31,7 @@ def llm():
 
 @pytest.fixture(scope="module")
 def index(encoder):
-    from ragkit.corpus import Document
+    from ragkit.data.corpus import Document
 
     docs = [Document(str(i), t, "", f"doc{i}") for i, t in enumerate(HITS_TEXT + [
         "The stock market closed higher on Friday after strong earnings reports.",
@@ -154,7 +154,7 @@ def test_adapters_config_parsing_and_errors_name_the_field(tmp_path):
     # a knowledge adapter folder named in YAML, with a parameter override
     make_knowledge_adapter(tmp_path / "kn", "default", samples=1, max_new_tokens=16)
     (tmp_path / "p.yaml").write_text(f"adapters:\n  - {{adapter: {tmp_path / 'kn'}, min_relevance: 0.5}}\n")
-    from ragkit.pipeline import load_adapters
+    from ragkit.generation.pipeline import load_adapters
 
     (a,) = load_adapters(PipelineConfig.from_yaml(tmp_path / "p.yaml"))
     assert isinstance(a, KnowledgeAdapter) and a.params["min_relevance"] == 0.5 and a.params["samples"] == 1

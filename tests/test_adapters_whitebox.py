@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ragkit.adapters import AdapterError, load_adapter
-from ragkit.adapters.evaluate import combine_chain, perplexities
-from ragkit.adapters.logits import (ContrastiveProcessor, KNNLMProcessor, ProductOfExpertsProcessor,
+from ragkit.adaptation import AdapterError, load_adapter
+from ragkit.adaptation.evaluate import combine_chain, perplexities
+from ragkit.adaptation.logits import (ContrastiveProcessor, KNNLMProcessor, ProductOfExpertsProcessor,
                                     ProxyTuningProcessor, capture_lm_head_input, create)
 
 V = 64
@@ -80,7 +80,7 @@ def batched_scores(llm_model, processor, ids: torch.Tensor) -> torch.Tensor:
 def random_knn(llm_model, n_keys: int = 200, seed: int = 0, key: str = "lm_head_input"):
     import faiss
 
-    from ragkit.adapters.logits import capture_key
+    from ragkit.adaptation.logits import capture_key
 
     latest = capture_key(llm_model, key)
     g = torch.Generator().manual_seed(seed)
@@ -229,7 +229,7 @@ def test_knn_lambda_bins_pick_lambda_by_nearest_distance(tiny):
 
 
 def test_knn_lambda_gate_is_a_logistic_function_of_the_gate_features(tiny):
-    from ragkit.adapters.logits import GATE_FEATURES, gate_features, llm_entropy
+    from ragkit.adaptation.logits import GATE_FEATURES, gate_features, llm_entropy
 
     base = make_processors(tiny)["knn"]
     gate = {"mean": [0.0] * 5, "std": [1.0] * 5, "weights": [-0.01, 0.3, 0.2, 1.5, 0.5], "bias": -1.0}
@@ -253,7 +253,7 @@ def test_knn_lambda_gate_is_a_logistic_function_of_the_gate_features(tiny):
 
 
 def test_knn_ffn_input_key_is_the_last_feed_forward_input(tiny):
-    from ragkit.adapters.logits import capture_key
+    from ragkit.adaptation.logits import capture_key
 
     seen = {}
     mlp = tiny["llm"].model.layers[-1].mlp
@@ -316,20 +316,20 @@ def test_zero_weights_are_exact_identities(tiny):
 
 @pytest.fixture(scope="module")
 def smollm():
-    from ragkit.llm.hf import HFCausalLM
+    from ragkit.generation.llm.hf import HFCausalLM
 
     return HFCausalLM.from_pretrained()
 
 
 @pytest.fixture(scope="module")
 def small_sibling(smollm):
-    from ragkit.adapters.train import layer_dropped_copy
+    from ragkit.adaptation.train import layer_dropped_copy
 
     return layer_dropped_copy(smollm.model, [0, 29]).eval()
 
 
 def _greedy(llm, prompt, n=8, adapters=()):
-    from ragkit.llm import GenerationConfig
+    from ragkit.generation.llm import GenerationConfig
 
     llm.logits_adapters = list(adapters)
     try:
@@ -366,7 +366,7 @@ def test_zero_weight_adapters_leave_real_greedy_generation_unchanged(smollm, sma
 
 
 def test_knn_datastore_retrieves_the_memorised_next_token(smollm, tmp_path):
-    from ragkit.adapters.knn import build_datastore
+    from ragkit.adaptation.knn import build_datastore
 
     text = "The vault password is zebra crossing forty two. " * 3
     path = build_datastore("smollm2", text, tmp_path / "kv", k=4, temperature=1.0, lam=1.0,
@@ -383,7 +383,7 @@ def test_knn_datastore_retrieves_the_memorised_next_token(smollm, tmp_path):
     assert float(d[0, 0]) < 1e-3 and int(v[0, 0]) == want
     assert int(proc(ctx, scores).argmax()) == want
     # label scoring (eval-qa) on a freshly loaded model: the hook must be in place before its first forward
-    from ragkit.llm.hf import HFCausalLM
+    from ragkit.generation.llm.hf import HFCausalLM
 
     fresh = HFCausalLM.from_pretrained("smollm2")
     fresh.logits_adapters = [a]
@@ -430,8 +430,8 @@ def test_adapter_folder_round_trip_and_manifest_errors(tmp_path):
 
 
 def test_training_distill_full_lora_resume_and_fit(tmp_path):
-    from ragkit.adapters.fit import fit
-    from ragkit.adapters.train import distill, finetune, load_causal_lm
+    from ragkit.adaptation.fit import fit
+    from ragkit.adaptation.train import distill, finetune, load_causal_lm
 
     llm_dir = tiny_llm_folder(tmp_path)
     text = tiny_text()
@@ -444,7 +444,7 @@ def test_training_distill_full_lora_resume_and_fit(tmp_path):
     assert not (ck / "checkpoint").exists() and load_adapter(ck).manifest["training"]["train_embeddings"] is False
     out = tmp_path / "exp4"
     # an interrupted run (the final write fails after step 3, checkpoint at step 2) resumes from step 2
-    from ragkit.adapters import train as tr
+    from ragkit.adaptation import train as tr
     orig = tr.write_adapter
     tr.write_adapter = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
     try:
@@ -465,7 +465,7 @@ def test_training_distill_full_lora_resume_and_fit(tmp_path):
     assert load_causal_lm(lora)[0].config.vocab_size == V
     # fit: the grid includes 0, so the fitted adapter is never worse than the LLM on the slice
     px = create("proxy", tmp_path / "px", {"expert": str(ck), "anti_expert": str(small)}, str(llm_dir))
-    from ragkit.llm.hf import HFCausalLM
+    from ragkit.generation.llm.hf import HFCausalLM
     llm = HFCausalLM.from_pretrained(str(llm_dir))
     r = fit(px, text[:800], llm=llm, window=32, stride=16)
     assert r["ppl"] <= r["base_ppl"] + 1e-6 and 0.0 in [g["alpha"] for g in r["grid"]]
@@ -474,7 +474,7 @@ def test_training_distill_full_lora_resume_and_fit(tmp_path):
     assert abs(ppl["px"] - r["ppl"]) < 1e-3 * r["ppl"]
     # kNN-LM over ffn_input keys, fitted with distance bins: never worse than one λ, never worse than
     # the LLM, and the evaluation path reproduces the fitted perplexity
-    from ragkit.adapters.knn import build_datastore
+    from ragkit.adaptation.knn import build_datastore
     kv = build_datastore(str(llm_dir), text, tmp_path / "kv", window=32, stride=16, threads=1, key="ffn_input")
     assert load_adapter(kv).manifest["training"]["key"] == "ffn_input"
     rk = fit(kv, text[:800], llm=llm, window=32, stride=16, bins=4)
@@ -489,7 +489,7 @@ def test_training_distill_full_lora_resume_and_fit(tmp_path):
 
 
 def test_domain_split_has_no_leaks():
-    from ragkit.adapters.domain import overlap_report, python_docs_topics, split_docs
+    from ragkit.data.splits import overlap_report, python_docs_topics, split_docs
 
     docs = python_docs_topics()
     s = split_docs(docs)

@@ -4,8 +4,8 @@ import pytest
 import Stemmer
 from rank_bm25 import BM25Okapi
 
-from ragkit.chunking import Chunk
-from ragkit.retrieve.bm25 import BM25Config, BM25Retriever
+from ragkit.data.chunking import Chunk
+from ragkit.retrieval.bm25 import BM25Config, BM25Retriever
 
 QUERIES = ["exception handling in try statements", "class definition and inheritance", "for loop else clause",
            "global and nonlocal names", "operator precedence of lambda", "string formatting literals"]

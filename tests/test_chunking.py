@@ -1,7 +1,7 @@
 import pytest
 
-from ragkit.chunking import Chunker, ChunkingConfig
-from ragkit.corpus import Document
+from ragkit.data.chunking import Chunker, ChunkingConfig
+from ragkit.data.corpus import Document
 
 
 @pytest.fixture(scope="module")

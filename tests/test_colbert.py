@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from ragkit.errors import IndexFormatError
-from ragkit.index import Index, IndexConfig
-from ragkit.models.colbert import ColBERTModel
-from ragkit.retrieve.colbert import ColBERTConfig, ColBERTRetriever
+from ragkit.retrieval.index import Index, IndexConfig
+from ragkit.retrieval.colbert.model import ColBERTModel
+from ragkit.retrieval.colbert.exact import ColBERTConfig, ColBERTRetriever
 
 QUERY = "assert statement for debugging"
 
@@ -24,7 +24,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def docs(topic_docs):
-    from ragkit.corpus import Document
+    from ragkit.data.corpus import Document
 
     return [Document(d.id, d.text[:1000], d.title, d.source) for d in topic_docs[:40]]
 
@@ -104,8 +104,8 @@ def test_add_and_delete_encode_only_new_chunks(docs, model, monkeypatch, encoder
 
 
 def test_colbert_reranker_reorders_with_stored_vectors(index, model):
-    from ragkit.pipeline import load_reranker
-    from ragkit.rerank import ColBERTReranker
+    from ragkit.generation.pipeline import load_reranker
+    from ragkit.retrieval.rerank import ColBERTReranker
 
     hits = index.search(QUERY, 10, "bm25")[::-1]  # worst first
     rr = load_reranker("colbert", index)
@@ -136,7 +136,7 @@ def test_checkpoint_layout_round_trip(tmp_path, model):
 
 
 def test_training_lowers_the_loss_resumes_and_reloads(tmp_path, docs, monkeypatch):
-    import ragkit.train_colbert as tc
+    import ragkit.retrieval.colbert.train as tc
 
     triples = tc.synthesize_triples(docs, 8, seed=0)
     assert all(q and p and n and q not in p for q, p, n in triples[:4])
@@ -166,7 +166,7 @@ def test_training_lowers_the_loss_resumes_and_reloads(tmp_path, docs, monkeypatc
 
 
 def test_eval_with_colbert_and_rerank(tmp_path, docs):
-    from ragkit.evaluate import evaluate_beir
+    from ragkit.retrieval.evaluate import evaluate_beir
 
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
@@ -211,7 +211,7 @@ def test_colbert_ai_loads_the_checkpoint_and_encodes_the_same(tmp_path):
     pytest.importorskip("colbert", reason="colbert-ai not installed (pip install 'ragkit[colbert]')")
     from colbert.modeling.tokenization import DocTokenizer, QueryTokenizer
 
-    from ragkit.models.colbert import load_with_colbert_ai
+    from ragkit.retrieval.colbert.model import load_with_colbert_ai
 
     ours = ColBERTModel.from_pretrained("default", dim=32, seed=2)
     ours.save_pretrained(tmp_path / "ck")
@@ -232,16 +232,16 @@ def test_index_config_needs_no_torch_and_agrees_with_the_model_default():
     import subprocess
     import sys
 
-    from ragkit.models.colbert import DEFAULT_COLBERT as model_default
-    from ragkit.retrieve.colbert import DEFAULT_COLBERT
+    from ragkit.retrieval.colbert.model import DEFAULT_COLBERT as model_default
+    from ragkit.retrieval.colbert.exact import DEFAULT_COLBERT
 
     assert DEFAULT_COLBERT == model_default
-    code = "import sys, ragkit.cli, ragkit.index; sys.exit('torch' in sys.modules)"
+    code = "import sys, ragkit.cli, ragkit.retrieval.index; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing the CLI pulled in torch"
 
 
 def test_distillation_from_identity_with_a_frozen_encoder(tmp_path, docs, encoder):
-    import ragkit.train_colbert as tc
+    import ragkit.retrieval.colbert.train as tc
 
     examples = tc.synthesize_distillation(docs, 8, seed=0, candidates=4, encoder=encoder)
     assert len(examples) == 8 and all(len(p) == len(s) == 4 for _, p, s in examples)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ragkit.errors import IndexFormatError, ModelLoadError
-from ragkit.retrieve.colbert import ColBERTConfig
+from ragkit.retrieval.colbert.exact import ColBERTConfig
 
 QUERIES = [("assert statement for debugging", "topic:assert"), ("break out of the nearest enclosing loop", "topic:break"),
            ("the del statement deletes names", "topic:del"), ("declare global variables in a function", "topic:global"),
@@ -29,7 +29,7 @@ def test_config_accepts_plaid_and_checks_nbits():
 
 
 def test_missing_colbert_ai_is_a_clear_error(monkeypatch):
-    from ragkit.retrieve import colbert_plaid
+    from ragkit.retrieval.colbert import plaid as colbert_plaid
 
     monkeypatch.setitem(sys.modules, "colbert", None)  # import colbert -> ImportError
     with pytest.raises(ModelLoadError, match=r"pip install 'ragkit\[colbert\]'"):
@@ -37,7 +37,7 @@ def test_missing_colbert_ai_is_a_clear_error(monkeypatch):
 
 
 def test_extensions_are_cached_in_a_folder_ragkit_controls(monkeypatch, tmp_path):
-    from ragkit.retrieve.colbert_plaid import extensions_dir
+    from ragkit.retrieval.colbert.plaid import extensions_dir
 
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
@@ -47,7 +47,7 @@ def test_extensions_are_cached_in_a_folder_ragkit_controls(monkeypatch, tmp_path
 
 
 def test_exact_loader_refuses_a_plaid_folder(tmp_path):
-    from ragkit.retrieve.colbert import ColBERTRetriever
+    from ragkit.retrieval.colbert.exact import ColBERTRetriever
 
     (tmp_path / "config.json").write_text(json.dumps({"engine": "plaid", "model": {}}))
     with pytest.raises(IndexFormatError, match="'plaid' index"):
@@ -61,9 +61,9 @@ def built(topic_docs):
     once by the default ColBERT; an exact retriever and a PLAID Index (2-bit residuals) over the
     same token vectors."""
     pytest.importorskip("colbert", reason="colbert-ai not installed (pip install 'ragkit[colbert]')")
-    from ragkit.index import Index, IndexConfig
-    from ragkit.models.colbert import ColBERTModel
-    from ragkit.retrieve.colbert import ColBERTRetriever
+    from ragkit.retrieval.index import Index, IndexConfig
+    from ragkit.retrieval.colbert.model import ColBERTModel
+    from ragkit.retrieval.colbert.exact import ColBERTRetriever
 
     model = ColBERTModel.from_pretrained("default")
     index = Index(IndexConfig(retrievers=["colbert"], colbert=ColBERTConfig(engine="plaid", nbits=2)), colbert=model)
@@ -79,10 +79,10 @@ def built(topic_docs):
 @pytest.mark.plaid
 @pytest.mark.slow
 def test_plaid_end_to_end(built, topic_docs, tmp_path):
-    from ragkit.index import Index
-    from ragkit.models.colbert import ColBERTModel
-    from ragkit.rerank import ColBERTReranker
-    from ragkit.retrieve.colbert_plaid import PlaidRetriever
+    from ragkit.retrieval.index import Index
+    from ragkit.retrieval.colbert.model import ColBERTModel
+    from ragkit.retrieval.rerank import ColBERTReranker
+    from ragkit.retrieval.colbert.plaid import PlaidRetriever
 
     model, exact, index = built
     plaid = index.retrievers["colbert"]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ragkit.corpus import (Document, LoadReport, check_unique_ids, detect_format, html_to_text, load_beir_qrels,
+from ragkit.data.corpus import (Document, LoadReport, check_unique_ids, detect_format, html_to_text, load_beir_qrels,
                            load_corpus, load_folder, load_jsonl)
 from ragkit.errors import CorpusError
 

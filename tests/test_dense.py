@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from ragkit.chunking import Chunk
-from ragkit.indexes.vectors import FaissConfig, FaissVectorStore
-from ragkit.retrieve.dense import DenseConfig, DenseRetriever
+from ragkit.data.chunking import Chunk
+from ragkit.retrieval.stores.vectors import FaissConfig, FaissVectorStore
+from ragkit.retrieval.dense import DenseConfig, DenseRetriever
 
 
 def chunks_of(docs):

@@ -4,8 +4,8 @@ import sys
 import pytest
 
 from ragkit.errors import ModelLoadError
-from ragkit.evaluate import best_chunk_per_document, evaluate_beir
-from ragkit.models.encoder import Encoder, SentenceEncoder, resolve_model_path
+from ragkit.retrieval.evaluate import best_chunk_per_document, evaluate_beir
+from ragkit.retrieval.encoder import Encoder, SentenceEncoder, resolve_model_path
 
 
 def test_best_chunk_per_document_keeps_first_k_documents():

@@ -7,9 +7,9 @@ from typer.testing import CliRunner
 from ragkit.cli import app
 from ragkit.config import PipelineConfig
 from ragkit.errors import CorpusError
-from ragkit.evaluate_qa import evaluate_qa, groundedness, normalize, token_f1
-from ragkit.llm import HFCausalLM
-from ragkit.pipeline import Pipeline
+from ragkit.generation.evaluate import evaluate_qa, groundedness, normalize, token_f1
+from ragkit.generation.llm import HFCausalLM
+from ragkit.generation.pipeline import Pipeline
 
 DOCS = [("1", "Aspirin reduced the risk of heart attack by 20 percent in the trial of 5000 adults."),
         ("2", "Vitamin C supplements showed no effect on the duration of the common cold."),

@@ -1,6 +1,6 @@
 import pytest
 
-from ragkit.retrieve.hybrid import (FusionConfig, HybridRetriever, by_document, reciprocal_rank_fusion,
+from ragkit.retrieval.hybrid import (FusionConfig, HybridRetriever, by_document, reciprocal_rank_fusion,
                                     weighted_fusion)
 
 

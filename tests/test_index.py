@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from ragkit import CorpusError, Document, Index, IndexConfig, IndexFormatError
-from ragkit.indexes import store
+from ragkit import fs as store
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_failed_save_leaves_previous_index(built, encoder, tmp_path, monkeypatch
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from ragkit import Document, Index, IndexConfig
-    from ragkit.indexes import store
+    from ragkit import fs as store
     phase = sys.argv[2]
     docs = [Document(f"n{i}", f"new document number {i} about topic {i % 7}") for i in range(200)]
     idx = Index.build(docs, config=IndexConfig(retrievers=["bm25"]))

@@ -13,8 +13,8 @@ from llama_index.core.schema import QueryBundle  # noqa: E402
 from ragkit import Index  # noqa: E402
 from ragkit.integrations.llama_index import (RagkitLLM, RagkitRerankPostprocessor, RagkitRetriever,  # noqa: E402
                                              query_engine)
-from ragkit.llm import GenerationConfig  # noqa: E402
-from ragkit.llm.hf import HFCausalLM  # noqa: E402
+from ragkit.generation.llm import GenerationConfig  # noqa: E402
+from ragkit.generation.llm.hf import HFCausalLM  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_llm_completes_streams_and_chats_like_the_backend(llm, backend):
 
 
 def test_rerank_postprocessor_reorders_by_the_ragkit_reranker(index):
-    from ragkit.rerank import MaxSimReranker
+    from ragkit.retrieval.rerank import MaxSimReranker
 
     reranker = MaxSimReranker()
     query = "raise an exception when a condition is false"
@@ -89,7 +89,7 @@ def test_query_engine_answers_end_to_end_with_sources(index, llm):
 
 def test_query_engine_with_knowledge_but_no_reranker_keeps_k_nodes(index, llm):
     """Knowledge adds one node; without a reranker nothing widens retrieval beyond k."""
-    from ragkit.adapters import PromptAdapter
+    from ragkit.adaptation import PromptAdapter
 
     class StaticKnowledge(PromptAdapter):
         kind = "static"

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ragkit.errors import BackendError, ModelLoadError
-from ragkit.llm import GenerationConfig, HFCausalLM, OpenAICompatLLM
+from ragkit.generation.llm import GenerationConfig, HFCausalLM, OpenAICompatLLM
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 GREEDY = GenerationConfig(max_new_tokens=12)

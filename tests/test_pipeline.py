@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 from ragkit import Index
 from ragkit.cli import app
 from ragkit.config import ConfigError, PipelineConfig
-from ragkit.llm import GenerationConfig, HFCausalLM
-from ragkit.pipeline import Pipeline, PromptTooLongError, parse_citations
+from ragkit.generation.llm import GenerationConfig, HFCausalLM
+from ragkit.generation.pipeline import Pipeline, PromptTooLongError, parse_citations
 
 SHORT = GenerationConfig(max_new_tokens=24)
 
@@ -113,7 +113,7 @@ def test_chat_history_is_in_the_prompt_and_the_cli_keeps_it(index, llm, tmp_path
 
 
 def test_attribution_matches_unmarked_sentences_to_their_source(encoder, index):
-    from ragkit.pipeline import Source, attribute
+    from ragkit.generation.pipeline import Source, attribute
 
     hits = index.search("What does the assert statement do?", 3)
     sources = [Source(i, h.chunk_id, h.doc_id, h.title, h.source, h.start, h.end, h.text, h.score)

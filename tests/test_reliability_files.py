@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from ragkit.errors import IndexFormatError, RagkitError
-from ragkit.index import Index, IndexConfig
-from ragkit.indexes.integrity import FILES, verify_index
-from ragkit.indexes.vectors import FaissConfig, FaissVectorStore, InvalidVectorsError
-from ragkit.retrieve.dense import DenseConfig
+from ragkit.retrieval.index import Index, IndexConfig
+from ragkit.integrity import FILES, verify_index
+from ragkit.retrieval.stores.vectors import FaissConfig, FaissVectorStore, InvalidVectorsError
+from ragkit.retrieval.dense import DenseConfig
 
 QUERIES = ("assert statement for debugging", "class definition and inheritance", "how do for loops work")
 
@@ -30,14 +30,14 @@ QUERIES = ("assert statement for debugging", "class definition and inheritance",
 # -- one small index (BM25 + dense HNSW + ColBERT exact) built once --------------------------------
 @pytest.fixture(scope="module")
 def colbert_model():
-    from ragkit.models.colbert import ColBERTModel
+    from ragkit.retrieval.colbert.model import ColBERTModel
 
     return ColBERTModel.from_pretrained("default")
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, encoder, topic_docs, colbert_model):
-    from ragkit.corpus import Document
+    from ragkit.data.corpus import Document
 
     docs = [Document(d.id, d.text[:1500], d.title, d.source) for d in topic_docs[:16]]
     config = IndexConfig(retrievers=["bm25", "dense", "colbert"], dense=DenseConfig(index=FaissConfig(kind="hnsw")))
@@ -242,7 +242,7 @@ def test_cli_info_verify(built, tmp_path):
 def test_save_reads_back_what_it_wrote_before_swapping(built, tmp_path, encoder, colbert_model, monkeypatch):
     """A file that reads back from the disk differently from what was hashed while writing fails the
     save, naming the file, and leaves the previous index in place."""
-    from ragkit.indexes import integrity
+    from ragkit import integrity
 
     path = _copy(built, tmp_path / "idx", "checksummed")
     idx = Index.load(path, encoder=encoder, colbert=colbert_model)
@@ -278,7 +278,7 @@ def test_nonfinite_vectors_are_refused_at_write(encoder, topic_docs, monkeypatch
         idx.add(topic_docs[:2], show_progress=False)
     assert len(idx.retrievers["dense"]) == 0
 
-    from ragkit.retrieve.colbert import ColBERTRetriever
+    from ragkit.retrieval.colbert.exact import ColBERTRetriever
 
     r = ColBERTRetriever(colbert_model)
     with pytest.raises(InvalidVectorsError):
@@ -288,9 +288,9 @@ def test_nonfinite_vectors_are_refused_at_write(encoder, topic_docs, monkeypatch
 
 # -- huge documents: chunked window by window, same chunks --------------------------------------------
 def test_long_document_chunked_in_windows_gives_the_same_chunks(encoder, topic_docs, monkeypatch):
-    import ragkit.chunking as chunking
-    from ragkit.chunking import Chunker, ChunkingConfig
-    from ragkit.corpus import Document
+    import ragkit.data.chunking as chunking
+    from ragkit.data.chunking import Chunker, ChunkingConfig
+    from ragkit.data.corpus import Document
 
     text = "\n\n".join(d.text for d in topic_docs[:60])
     doc = Document("big", text, "A title", "src")
@@ -320,8 +320,8 @@ def test_long_document_chunked_in_windows_gives_the_same_chunks(encoder, topic_d
     assert got[0].id == "small#0" and got[-1].id == "small2#0"
     assert max(seen) <= 5000 < len(text)
 
-    from ragkit.retrieve import bm25
-    from ragkit.retrieve.bm25 import BM25Retriever
+    from ragkit.retrieval import bm25
+    from ragkit.retrieval.bm25 import BM25Retriever
 
     whole_ids = BM25Retriever()._token_ids(text)
     monkeypatch.setattr(bm25, "WINDOW_CHARS", 5000)
@@ -334,11 +334,11 @@ def adapters_built(tmp_path_factory):
     """A kNN datastore, a `full` model adapter, a proxy over it and a knowledge adapter, all tiny."""
     from tests.test_adapters_whitebox import tiny_llm_folder, tiny_model, tiny_text, tiny_tokenizer
 
-    from ragkit.adapters import new_manifest
-    from ragkit.adapters.knn import build_datastore
-    from ragkit.adapters.knowledge import make_knowledge_adapter
-    from ragkit.adapters.logits import create
-    from ragkit.adapters.train import _save_model_adapter
+    from ragkit.adaptation import new_manifest
+    from ragkit.adaptation.knn import build_datastore
+    from ragkit.adaptation.knowledge import make_knowledge_adapter
+    from ragkit.adaptation.logits import create
+    from ragkit.adaptation.train import _save_model_adapter
 
     root = tmp_path_factory.mktemp("adapters") / "ad"
     root.mkdir()
@@ -353,8 +353,8 @@ def adapters_built(tmp_path_factory):
 
 
 def open_adapter(path: Path):
-    from ragkit.adapters import load_adapter
-    from ragkit.adapters.train import load_causal_lm
+    from ragkit.adaptation import load_adapter
+    from ragkit.adaptation.train import load_causal_lm
 
     a = load_adapter(path)
     if a.kind == "knn":
@@ -404,7 +404,7 @@ ADAPTER_CASES = [
 
 @pytest.mark.parametrize("adapter,rel,damage,mode", _with_modes(ADAPTER_CASES))
 def test_damaged_adapter_file_is_a_clean_error_naming_it(adapters_built, tmp_path, adapter, rel, damage, mode):
-    from ragkit.adapters import AdapterError
+    from ragkit.adaptation import AdapterError
 
     root = tmp_path / "ad"
     shutil.copytree(adapters_built, root)

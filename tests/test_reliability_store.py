@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 import ragkit
 from ragkit import Document, Index, IndexConfig
 from ragkit.cli import app
-from ragkit.corpus import detect_format, load_corpus
+from ragkit.data.corpus import detect_format, load_corpus
 from ragkit.errors import CorpusError, RagkitError
-from ragkit.indexes import store
+from ragkit import fs as store
 
 runner = CliRunner()
 BM25 = ["--retrievers", "bm25"]
@@ -169,7 +169,7 @@ def test_concurrent_adds_never_lose_documents(tmp_path, built, wait):
 
 HOLD_LOCK = textwrap.dedent("""
     import os, sys, time
-    from ragkit.indexes.store import writer_lock
+    from ragkit.fs import writer_lock
     with writer_lock(sys.argv[1]):
         print("LOCKED", flush=True)
         while not os.path.exists(sys.argv[2]):
@@ -209,7 +209,7 @@ def test_second_writer_is_refused_or_waits(tmp_path, built):
 
 LIVE_WRITER = textwrap.dedent("""
     import os, shutil, sys, time
-    from ragkit.indexes.store import atomic_dir
+    from ragkit.fs import atomic_dir
     with atomic_dir(sys.argv[1]) as tmp:
         shutil.copytree(sys.argv[1], tmp, dirs_exist_ok=True)
         print(tmp, flush=True)
@@ -313,7 +313,7 @@ def test_control_characters_are_escaped_in_terminal_output(tmp_path):
 
 # -- 5. a full disk ----------------------------------------------------------------------------------
 def test_disk_full_is_a_clean_error_and_the_previous_index_loads(tmp_path, built, monkeypatch):
-    from ragkit.indexes.chunks import ChunkStore
+    from ragkit.retrieval.stores.chunks import ChunkStore
 
     def full(self, path, *a, **k):
         Path(path).write_text("partial")

@@ -19,8 +19,8 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from ragkit import Index  # noqa: E402
 from ragkit.config import PipelineConfig, ServerConfig  # noqa: E402
-from ragkit.llm import GenerationConfig, HFCausalLM  # noqa: E402
-from ragkit.pipeline import Pipeline  # noqa: E402
+from ragkit.generation.llm import GenerationConfig, HFCausalLM  # noqa: E402
+from ragkit.generation.pipeline import Pipeline  # noqa: E402
 from ragkit.server import create_app  # noqa: E402
 
 QUESTION = "What does the assert statement do?"
@@ -223,7 +223,7 @@ def test_concurrent_streams_are_not_mixed(client):
 
 
 def test_ragkit_openai_backend_talks_to_ragkit_serve(server, pipeline):
-    from ragkit.llm.openai_compat import OpenAICompatLLM
+    from ragkit.generation.llm.openai_compat import OpenAICompatLLM
 
     remote = OpenAICompatLLM(server[0] + "/v1", "ragkit", api_key_env="RAGKIT_TEST_NO_KEY", retries=0)
     msgs = [{"role": "user", "content": QUESTION}]

@@ -5,7 +5,7 @@ import json
 
 from typer.testing import CliRunner
 
-from ragkit.adapters.domain import write_split
+from ragkit.data.splits import write_split
 from ragkit.cli import app
 
 

@@ -36,8 +36,8 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError("ragkit's llama-index components need llama-index-core: pip install 'ragkit[llamaindex]'") from e
 
-from ..index import Hit, Index
-from ..llm.base import LLM, GenerationConfig
+from ragkit.retrieval.index import Hit, Index
+from ragkit.generation.llm.base import LLM, GenerationConfig
 
 _HIDDEN_FROM_LLM = ["doc_id", "chunk_id", "start", "end", "rank", "retriever", "score"]
 
@@ -84,7 +84,7 @@ class RagkitLLM(CustomLLM):
     def __init__(self, backend: LLM | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if backend is None:
-            from ..llm.hf import HFCausalLM
+            from ragkit.generation.llm.hf import HFCausalLM
 
             backend = HFCausalLM.from_pretrained()
         self._backend = backend
@@ -150,7 +150,7 @@ class RagkitRerankPostprocessor(BaseNodePostprocessor):
     def __init__(self, reranker: Any = None, top_n: int | None = None, **kwargs: Any) -> None:
         super().__init__(top_n=top_n, **kwargs)
         if reranker is None:
-            from ..rerank import MaxSimReranker
+            from ragkit.retrieval.rerank import MaxSimReranker
 
             reranker = MaxSimReranker()
         self._reranker = reranker
@@ -178,7 +178,7 @@ class RagkitRerankPostprocessor(BaseNodePostprocessor):
 class RagkitKnowledgePostprocessor(BaseNodePostprocessor):
     """Adds a ragkit prompt adapter's background knowledge for the query as one extra node, first
     (nothing when the adapter's filter keeps no passage). `adapter`: a loaded PromptAdapter or an
-    adapter name / folder (`ragkit.adapters.load_adapter`)."""
+    adapter name / folder (`ragkit.adaptation.load_adapter`)."""
 
     score: float = Field(default=1.0, description="Score given to the knowledge node.")
     _adapter: Any = PrivateAttr()
@@ -186,10 +186,10 @@ class RagkitKnowledgePostprocessor(BaseNodePostprocessor):
     def __init__(self, adapter: Any, score: float = 1.0, **kwargs: Any) -> None:
         super().__init__(score=score, **kwargs)
         if isinstance(adapter, (str, Path)):
-            from ..adapters import load_adapter
+            from ragkit.adaptation import load_adapter
 
             adapter = load_adapter(adapter)
-        from ..adapters import PromptAdapter
+        from ragkit.adaptation import PromptAdapter
 
         if not isinstance(adapter, PromptAdapter):
             raise ValueError(f"{adapter!r} is not a black-box (prompt) adapter; white-box adapters attach to the LLM: "
@@ -204,7 +204,7 @@ class RagkitKnowledgePostprocessor(BaseNodePostprocessor):
                            query_bundle: Optional[QueryBundle] = None) -> list[NodeWithScore]:
         if query_bundle is None:
             raise ValueError("knowledge injection needs the query")
-        from ..config import KNOWLEDGE_HEADER
+        from ragkit.config import KNOWLEDGE_HEADER
 
         hits = [node_to_hit(n, r) for r, n in enumerate(nodes, start=1)]
         text = self._adapter.knowledge(query_bundle.query_str, hits)

