@@ -1,4 +1,8 @@
-"""Shared fixtures: the packaged MiniLM encoder (loaded once), a real text corpus, data-set paths."""
+"""Shared fixtures: each real packaged model loaded once per session (MiniLM encoder, SmolLM2, the
+default ColBERT), a real text corpus, data-set paths.
+
+Markers (registered in pyproject.toml): `slow` (over ~5 s), `plaid`, `datasets`, `gemma`;
+`make check` runs the rest, `make test` runs everything."""
 from __future__ import annotations
 
 import os
@@ -21,6 +25,33 @@ def encoder():
 
 
 @pytest.fixture(scope="session")
+def smollm2():
+    """The packaged SmolLM2-135M-Instruct, loaded once. Module fixtures depend on this one; tests
+    take `llm`, which undoes what they change."""
+    from ragkit.generation.llm.hf import HFCausalLM
+
+    return HFCausalLM.from_pretrained("default")
+
+
+@pytest.fixture
+def llm(smollm2):
+    """The shared SmolLM2 for one test; whatever the test attached or changed is undone after it."""
+    saved = (smollm2.context_window, smollm2.threads, smollm2.prefill_threads)
+    yield smollm2
+    smollm2.logits_adapters.clear()
+    smollm2.context_window, smollm2.threads, smollm2.prefill_threads = saved
+
+
+@pytest.fixture(scope="session")
+def colbert_default():
+    """The packaged default ColBERT, loaded once, for read-only use (encode, score); a test that
+    changes its settings or trains it loads its own."""
+    from ragkit.retrieval.colbert.model import ColBERTModel
+
+    return ColBERTModel.from_pretrained("default")
+
+
+@pytest.fixture(scope="session")
 def topic_docs():
     """Real text every Python ships: the language-reference topics of pydoc_data."""
     from pydoc_data.topics import topics
@@ -30,8 +61,12 @@ def topic_docs():
     return [Document(f"topic:{k}", v, k, f"pydoc_data.topics:{k}") for k, v in sorted(topics.items())]
 
 
-def dataset(name: str) -> Path:
-    path = DATASETS / name
-    if not (path / "corpus.jsonl").exists():
-        pytest.skip(f"data set {name!r} not found at {path} (set RAGKIT_DATASETS to the shared BEIR folder)")
-    return path
+@pytest.fixture(scope="session")
+def dataset():
+    """`dataset("adi")`: the path of a shared BEIR data set, or the test is skipped with the reason."""
+    def find(name: str) -> Path:
+        path = DATASETS / name
+        if not (path / "corpus.jsonl").exists():
+            pytest.skip(f"data set {name!r} not found at {path} (set RAGKIT_DATASETS to the shared BEIR folder)")
+        return path
+    return find

@@ -4,7 +4,6 @@ import pytest
 from typer.testing import CliRunner
 
 from ragkit.cli import app
-from tests.conftest import dataset
 
 runner = CliRunner()
 
@@ -57,7 +56,7 @@ def test_clear_errors_for_missing_or_foreign_index(tmp_path):
 
 
 @pytest.mark.datasets
-def test_eval_reproduces_the_adi_baselines(tmp_path):
+def test_eval_reproduces_the_adi_baselines(tmp_path, dataset):
     """ADI (82 docs): BM25 and dense within 0.005 of BASELINES.md (bm25s 0.4938, MiniLM 0.4975)."""
     data = dataset("adi")
     out = tmp_path / "adi.json"
