@@ -5,10 +5,11 @@ product-of-experts and contrastive decoding.
 
 All loops are plain torch: fixed step counts over contiguous token blocks of the text (an epoch
 is a seeded permutation of the blocks, so a resumed run sees the same batches), AdamW with a
-linear warm-up and linear decay, a progress bar, `threads` torch threads. Every `save_every` steps
-the trainable weights (safetensors), the optimizer state and the step go to `<out>/checkpoint/`; a
-run that finds a checkpoint there goes on from it. The finished adapter replaces the folder
-atomically (manifest + `save_pretrained(safe_serialization=True)` weights + tokenizer).
+linear warm-up and linear decay, a progress bar, `threads` torch threads, all through the one loop
+of `ragkit.training`. Every `save_every` steps the trainable weights and the optimizer state
+(safetensors) and the step, losses and seeds (JSON) go to `<out>/checkpoint/`; a run that finds a
+checkpoint there goes on from it. The finished adapter replaces the folder atomically (manifest +
+`save_pretrained(safe_serialization=True)` weights + tokenizer).
 
 General text for healing (`general_text`): what ships in every environment and is not the domain -
 the long descriptions of installed packages (`*.dist-info/METADATA`) and their license files.
@@ -19,11 +20,9 @@ them close to the LLM and lets proxy-tuning score both small models with one mat
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -203,68 +202,35 @@ def read_corpus(corpus: str | Path) -> str:
 def _train_loop(model, blocks, steps: int, batch: int, lr: float, loss_fn: Callable, ckpt: Path,
                 threads: int | None, seed: int, desc: str, save_every: int, warmup: int = 10,
                 progress: bool | None = None, log_every: int = 0) -> dict:
+    """AdamW over the model's trainable parameters with a linear warm-up and decay, through
+    `ragkit.training.train_loop` (checkpoint: the trainable weights, the optimizer state and the
+    step, as safetensors + JSON, in `ckpt`)."""
     import torch
-    from safetensors.torch import load_file, save_file
 
-    from ragkit.progress import progress_bar
+    from ragkit.training import read_state, train_loop
 
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, 1 - s / max(1, steps)))
-    start, losses = 0, []
-    state = ckpt / "state.json"
-    if state.is_file():  # resume
-        st = json.loads(state.read_text())
-        weights = load_file(str(ckpt / "trainable.safetensors"))
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(weights[n])
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        sched.load_state_dict(st["scheduler"])
-        start, losses = int(st["step"]), list(st["losses"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    saved = read_state(ckpt)  # a resumed run keeps the batch order it started with
+    order_seed = int(saved["seeds"].get("batch_order", seed)) if saved else seed
     n = blocks.shape[0]
     per_epoch = max(1, n // batch)
 
     def batch_at(step: int):
         epoch, i = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(order_seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=g)
         return blocks[perm[i * batch:(i + 1) * batch]]
 
-    def save(step: int) -> None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in params.items()}, str(ckpt / "trainable.safetensors"))
-        torch.save(opt.state_dict(), ckpt / "optimizer.pt")
-        tmp = ckpt / "state.json.tmp"
-        tmp.write_text(json.dumps({"step": step, "losses": losses, "scheduler": sched.state_dict()}))
-        os.replace(tmp, state)
+    def log(done: int, losses: list[float], secs: float) -> None:
+        if log_every and (done % log_every == 0 or done == steps):
+            print(f"{desc}: step {done}/{steps} loss {losses[-1]:.4f} ({secs:.0f} s)", file=sys.stderr, flush=True)
 
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    model.train()
-    try:
-        with progress_bar(desc, steps - start, progress) as advance:
-            for step in range(start, steps):
-                loss = loss_fn(batch_at(step))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(round(float(loss.detach()), 4))
-                advance(1)
-                if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
-                    print(f"{desc}: step {step + 1}/{steps} loss {losses[-1]:.4f} "
-                          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-                if (step + 1) % save_every == 0 and step + 1 < steps:
-                    save(step + 1)
-    finally:
-        model.eval()
-        torch.set_num_threads(before)
-    secs = time.perf_counter() - t0
+    r = train_loop(model, opt, steps, lambda step: loss_fn(batch_at(step)), ckpt,
+                   schedule=lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, 1 - s / max(1, steps)),
+                   save_every=save_every, seeds={"batch_order": order_seed}, threads=threads, desc=desc,
+                   progress=progress, loss_digits=4, on_step=log)
+    losses, start, secs = r["losses"], r["resumed_from_step"], r["seconds"]
     done = steps - start
     return {"steps": steps, "resumed_from_step": start, "seconds": round(secs, 1),
             "tokens_per_s": round(done * batch * blocks.shape[1] / max(secs, 1e-9), 1),
@@ -409,6 +375,84 @@ def distill(teacher: str | Path, text: str, out: str | Path, layers: int | Seque
                                       "train_embeddings": train_embeddings, "seed": seed,
                                       "train_tokens": int(blocks.numel()), "threads": threads, **stats})
     return _save_model_adapter(out, manifest, lambda d: small.save_pretrained(d, safe_serialization=True), tok)
+
+
+def _no_corpus(corpus: str | Path | None) -> bool:
+    return corpus is None or str(corpus) in ("", "-")
+
+
+def train_adapter(kind: str, corpus: str | Path | None, out: str | Path, base: str | Path = "smollm2", *,
+                  steps: int = 200, block: int = 256, batch: int = 4, lr: float | None = None, lora_r: int = 16,
+                  layers: int = 6, init: str | Path | None = None, exclude: Sequence[str | Path] = (),
+                  general_chars: int = 600_000, k: int = 64, temperature: float = 100.0, lam: float = 0.25,
+                  ivf: bool = False, key: str = "lm_head_input", max_tokens: int | None = None, window: int = 512,
+                  expert: str | None = None, anti_expert: str | None = None, small: str | None = None,
+                  threads: int | None = 2, seed: int = 0, save_every: int = 50, progress: bool | None = None,
+                  log_every: int = 0, log: Callable[[str], None] | None = None) -> Path:
+    """Train (or assemble) an adapter of `kind` into folder `out` and return its path; what
+    `ragkit adapter train` runs.
+
+    - `lora` / `full`: fine-tune `base` on `corpus`; `distill`: a `layers`-layer sibling of `base`
+      (or `init`, a distilled model to go on from) healed on `corpus`; `knn`: a kNN-LM datastore of
+      `base` over `corpus` (`k`, `temperature`, `lam`, `ivf`, `key`, `max_tokens`, `window`).
+    - `proxy` (`expert`, `anti_expert`), `poe` (`small`), `contrastive` (`small`, the amateur):
+      adapters that reference trained models; no corpus (None or "-").
+    - `knowledge`: black-box; wraps `base` as the SM. With a corpus, `base` is first LoRA-tuned on it
+      into the folder `<out>-sm`.
+
+    `corpus`: a .txt file, a folder with train.txt, or "general" (installed packages' descriptions
+    and licenses, `general_chars` characters, minus paragraphs sharing a word 8-gram with the text
+    files in `exclude`). Training is resumable (`save_every`), on `threads` torch threads; `log`
+    receives one-line notes (the general-text report)."""
+    from ragkit.adaptation.kinds import KINDS
+
+    if kind not in KINDS:
+        raise AdapterError(f"unknown adapter kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    out = Path(out)
+    if kind == "knowledge":  # black-box: wrap an SM; with a corpus, LoRA-tune `base` on it first (OUT-sm)
+        from ragkit.adaptation.knowledge import make_knowledge_adapter
+
+        sm = base
+        if not _no_corpus(corpus):
+            sm = finetune(base, read_corpus(corpus), Path(f"{out}-sm"), kind="lora", steps=steps, block=block,
+                          batch=batch, lr=lr, lora_r=lora_r, lora_alpha=2 * lora_r, threads=threads, seed=seed,
+                          save_every=save_every, progress=progress, corpus_name=str(corpus), log_every=log_every)
+        return make_knowledge_adapter(out, str(sm))
+    if kind in ("proxy", "poe", "contrastive"):
+        from ragkit.adaptation.logits import create
+
+        models = {"proxy": {"expert": expert, "anti_expert": anti_expert}, "poe": {"small": small},
+                  "contrastive": {"amateur": small}}[kind]
+        return create(kind, out, {r: str(m) for r, m in models.items() if m}, str(base))
+    if kind not in ("lora", "full", "distill", "knn"):
+        raise AdapterError(f"train_adapter does not build {kind!r} adapters")
+    if _no_corpus(corpus):
+        raise AdapterError(f"a {kind} adapter is trained on a text: give a corpus (a .txt file, a folder with "
+                           "train.txt, or 'general')")
+    if str(corpus) == "general":
+        texts = []
+        for e in exclude:
+            if not Path(e).is_file():
+                raise AdapterError(f"exclude: no text file at {e}")
+            texts.append(Path(e).read_text(encoding="utf-8"))
+        text, report = general_text(general_chars, texts)
+        if log is not None:
+            log(f"general text: {report}")
+    else:
+        text = read_corpus(corpus)
+    if kind in ("lora", "full"):
+        return finetune(base, text, out, kind=kind, steps=steps, block=block, batch=batch, lr=lr, lora_r=lora_r,
+                        lora_alpha=2 * lora_r, threads=threads, seed=seed, save_every=save_every, progress=progress,
+                        corpus_name=str(corpus), log_every=log_every)
+    if kind == "distill":
+        return distill(base, text, out, layers=layers, init=init, steps=steps, block=block, batch=batch,
+                       lr=lr or 3e-4, threads=threads, seed=seed, save_every=save_every, progress=progress,
+                       corpus_name=str(corpus), log_every=log_every)
+    from ragkit.adaptation.knn import build_datastore  # kind == "knn"
+
+    return build_datastore(str(base), text, out, k=k, temperature=temperature, lam=lam, ivf=ivf, window=window,
+                           stride=max(1, window - 128), threads=threads, corpus_name=str(corpus),
+                           max_tokens=max_tokens, key=key)
 
 
 class ModelAdapter(LogitsAdapter):

@@ -14,7 +14,6 @@ from ragkit.errors import RagkitError
 
 adapter_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Domain adapters: train (lora, full, distill, knn, proxy, poe, contrastive), fit, eval, info.")
-KINDS = ("lora", "full", "distill", "knn", "proxy", "poe", "contrastive", "knowledge")
 
 
 def _read(path: Path, what: str) -> str:
@@ -62,43 +61,13 @@ def train(
     """Train an adapter: a LoRA / full fine-tune, a distilled small sibling, a kNN-LM datastore, or a
     proxy / poe / contrastive adapter that references trained models."""
     try:
-        from ragkit.adaptation import logits as lg
-        from ragkit.adaptation import train as tr
+        from ragkit.adaptation.train import train_adapter
 
-        if kind not in KINDS:
-            raise RagkitError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
-        if kind == "knowledge":  # black-box: wrap an SM; with a corpus, LoRA-tune --base on it first (OUT-sm)
-            from ragkit.adaptation.knowledge import make_knowledge_adapter
-
-            sm = base
-            if corpus != "-":
-                sm = tr.finetune(base, tr.read_corpus(corpus), Path(f"{out_dir}-sm"), kind="lora", steps=steps,
-                                 block=block, batch=batch, lr=lr, lora_r=lora_r, lora_alpha=2 * lora_r,
-                                 threads=threads, seed=seed, corpus_name=corpus, log_every=log_every)
-            path = make_knowledge_adapter(out_dir, str(sm))
-        elif kind in ("proxy", "poe", "contrastive"):
-            models = {"proxy": {"expert": expert, "anti_expert": anti_expert}, "poe": {"small": small},
-                      "contrastive": {"amateur": small}}[kind]
-            path = lg.create(kind, out_dir, {r: m for r, m in models.items() if m}, base)
-        else:
-            if corpus == "general":
-                text, report = tr.general_text(general_chars, [_read(Path(e), "--exclude") for e in exclude or []])
-                err.print(f"general text: {report}")
-            else:
-                text = tr.read_corpus(corpus)
-            if kind in ("lora", "full"):
-                path = tr.finetune(base, text, out_dir, kind=kind, steps=steps, block=block, batch=batch, lr=lr,
-                                   lora_r=lora_r, lora_alpha=2 * lora_r, threads=threads, seed=seed, corpus_name=corpus,
-                                   log_every=log_every)
-            elif kind == "distill":
-                path = tr.distill(base, text, out_dir, layers=layers, init=init, steps=steps, block=block, batch=batch,
-                                  lr=lr or 3e-4, threads=threads, seed=seed, corpus_name=corpus, log_every=log_every)
-            else:
-                from ragkit.adaptation.knn import build_datastore
-
-                path = build_datastore(base, text, out_dir, k=k, temperature=temperature, lam=lam, ivf=ivf,
-                                       window=window, stride=max(1, window - 128), threads=threads,
-                                       corpus_name=corpus, max_tokens=max_tokens, key=key)
+        path = train_adapter(kind, corpus, out_dir, base, steps=steps, block=block, batch=batch, lr=lr,
+                             lora_r=lora_r, layers=layers, init=init, exclude=exclude or [],
+                             general_chars=general_chars, k=k, temperature=temperature, lam=lam, ivf=ivf, key=key,
+                             max_tokens=max_tokens, window=window, expert=expert, anti_expert=anti_expert,
+                             small=small, threads=threads, seed=seed, log_every=log_every, log=err.print)
         _print_info(path)
     except (RagkitError, ValueError, OSError) as e:
         _fail(e)

@@ -260,7 +260,8 @@ class ColBERTModel(torch.nn.Module):
             return False
 
 def _read_tensor(folder: Path, key: str) -> torch.Tensor | None:
-    """One tensor from a checkpoint's model.safetensors (or pytorch_model.bin, loaded weights-only)."""
+    """One tensor from a checkpoint's model.safetensors. A checkpoint whose weights are only in
+    `pytorch_model.bin` (a torch pickle) is refused: ragkit reads no pickle."""
     st = folder / "model.safetensors"
     if st.is_file():
         from safetensors import safe_open
@@ -269,8 +270,9 @@ def _read_tensor(folder: Path, key: str) -> torch.Tensor | None:
             return f.get_tensor(key) if key in f.keys() else None
     binf = folder / "pytorch_model.bin"
     if binf.is_file():
-        state = torch.load(binf, map_location="cpu", weights_only=True)
-        return state.get(key)
+        raise ModelLoadError(f"{binf}: ragkit reads model weights only as safetensors, not pytorch_model.bin (a "
+                             f"torch pickle): convert its weights, where you trust the file, to model.safetensors in the "
+                             f"same folder (safetensors.torch.save_file on the state dict), and try again")
     return None
 
 

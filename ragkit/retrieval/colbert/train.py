@@ -17,10 +17,11 @@ states (identity projection, no markers), so step 0 is exactly the untrained def
 Each step scores every query against every passage of the batch (its positive, its hard negative and
 the other queries' passages: in-batch negatives) by MaxSim, with cross-entropy on the positive.
 Starting from a plain encoder, the projection is initialised with the top principal directions of
-the corpus's token vectors, so step 0 is already a sensible ColBERT. Every `save_every` steps the
-model, the AdamW state (safetensors) and the step/RNG state (JSON) are written to
-`OUT/train_state/`, and a run started again with the same output folder resumes from there. The
-result is a colbert-ai HF_ColBERT checkpoint (`ragkit.retrieval.colbert.model`).
+the corpus's token vectors, so step 0 is already a sensible ColBERT. The loop is ragkit's one
+training loop (`ragkit.training`): every `save_every` steps the model, the AdamW state
+(safetensors) and the step, losses and seeds (JSON) are written to `OUT/train_state/`, and a run
+started again with the same output folder resumes from there. The result is a colbert-ai
+HF_ColBERT checkpoint (`ragkit.retrieval.colbert.model`).
 """
 from __future__ import annotations
 
@@ -310,43 +311,6 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return lambda s: min((s + 1) / warm, max(0.0, (config.steps - s) / max(1, config.steps - warm)))
 
 
-def _save_state(out: Path, model: ColBERTModel, opt: torch.optim.Optimizer, step: int, losses: list[float],
-                config: TrainConfig, order_seed: int) -> None:
-    """Model + AdamW moments (safetensors) + step, losses and RNG state (JSON); written then renamed."""
-    from safetensors.torch import save_file
-
-    tmp = out / f".{STATE}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tensors, meta = {}, {}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if st:
-                n = names[id(p)]
-                tensors[f"{n}::exp_avg"] = st["exp_avg"].contiguous()
-                tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-                meta[n] = float(st["step"])
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses, "config": asdict(config),
-                                                "order_seed": order_seed, "param_steps": meta}))
-    shutil.rmtree(out / STATE, ignore_errors=True)
-    os.replace(tmp, out / STATE)
-
-
-def _load_state(out: Path, model: ColBERTModel, opt: torch.optim.Optimizer) -> dict:
-    from safetensors.torch import load_file
-
-    state = json.loads((out / STATE / "state.json").read_text())
-    moments = load_file(str(out / STATE / "optimizer.safetensors"))
-    for n, p in model.named_parameters():
-        if n in state["param_steps"]:
-            opt.state[p] = {"step": torch.tensor(state["param_steps"][n]), "exp_avg": moments[f"{n}::exp_avg"],
-                            "exp_avg_sq": moments[f"{n}::exp_avg_sq"]}
-    return state
-
-
 def train_colbert(triples: Sequence[Triple] | Sequence[Scored], out_dir: str | Path, config: TrainConfig | None = None,
                   corpus_texts: Sequence[str] | None = None, show_progress: bool | None = None,
                   log: Callable[[str], None] | None = None) -> dict:
@@ -354,7 +318,9 @@ def train_colbert(triples: Sequence[Triple] | Sequence[Scored], out_dir: str | P
     `triples` are (query, positive, negative) triples (contrastive loss) or (query, candidates,
     teacher scores) examples from `synthesize_distillation` (distillation loss).
     Returns a summary: steps, first/last losses (mean of 10 steps), seconds."""
-    from ragkit.progress import default_enabled, progress_bar
+    from ragkit.progress import default_enabled
+    from ragkit.runtime import torch_threads
+    from ragkit.training import read_state, train_loop
 
     config = config or TrainConfig()
     out = Path(out_dir)
@@ -364,71 +330,63 @@ def train_colbert(triples: Sequence[Triple] | Sequence[Scored], out_dir: str | P
     if config.init not in INITS:
         raise ValueError(f"unknown init {config.init!r}; choose one of {', '.join(INITS)}")
     distill = not isinstance(triples[0][1], str)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    torch.manual_seed(config.seed)
-    resume = (out / STATE / "state.json").is_file()
-    if resume:
-        model = ColBERTModel.from_pretrained(str(out / STATE))
-    else:
-        base = ColBERTModel.from_pretrained(config.base)
-        fresh = base.model_id.startswith("colbert-minilm-untrained") or base.settings.dim == base.bert.config.hidden_size \
-            and torch.equal(base.linear.weight, torch.eye(base.linear.weight.shape[0]))
-        model = base
-        if fresh and config.init == "identity":  # the plain encoder's own token states: step 0 == untrained
-            model.settings.doc_maxlen = config.doc_maxlen or model.settings.doc_maxlen
-        elif fresh:  # a plain encoder: ColBERT markers, query augmentation, PCA-initialised projection
-            s = model.settings
-            s.markers, s.query_augmentation = True, config.query_augmentation
-            s.query_maxlen, s.doc_maxlen, s.dim = config.query_maxlen, config.doc_maxlen or 180, config.dim
-            texts = corpus_texts or [t[1] if isinstance(t[1], str) else t[1][0] for t in triples]
-            weight = _pca_projection(model, texts, config.dim, config.seed)
-            linear = torch.nn.Linear(weight.shape[1], config.dim, bias=False)
-            with torch.no_grad():
-                linear.weight.copy_(weight)
-            model = ColBERTModel(model.bert, model.tokenizer, linear, s, model.model_id, model.fingerprint)
-    s = model.settings
-    s.query_maxlen, s.doc_maxlen = config.query_maxlen, config.doc_maxlen or s.doc_maxlen
-    opt = _optimizer(model, config)
-    cache = StateCache() if config.freeze_layers < 0 else None
-    step, losses, order_seed = 0, [], config.seed
-    if resume:
-        state = _load_state(out, model, opt)
-        step, losses, order_seed = state["step"], state["losses"], state["order_seed"]
-        if log:
-            log(f"resuming from step {step} ({out / STATE})")
-    schedule, base_lrs = _schedule(config), [g["lr"] for g in opt.param_groups]
-    order = np.random.default_rng(order_seed).permutation(
-        np.resize(np.arange(len(triples)), config.steps * config.batch_size))
-    model.train()
-    t0 = time.perf_counter()
-    show_bar = default_enabled() if show_progress is None else show_progress
-    with progress_bar("training colbert", config.steps, show_progress) as advance:
-        advance(step)
-        while step < config.steps:
+    state_dir = out / STATE
+    with torch_threads(config.threads or os.cpu_count() or 1):
+        torch.manual_seed(config.seed)
+        saved = read_state(state_dir)  # an older ragkit's checkpoint is an error naming the folder
+        if saved is not None:
+            model = ColBERTModel.from_pretrained(str(state_dir))
+        else:
+            base = ColBERTModel.from_pretrained(config.base)
+            fresh = base.model_id.startswith("colbert-minilm-untrained") or base.settings.dim == base.bert.config.hidden_size \
+                and torch.equal(base.linear.weight, torch.eye(base.linear.weight.shape[0]))
+            model = base
+            if fresh and config.init == "identity":  # the plain encoder's own token states: step 0 == untrained
+                model.settings.doc_maxlen = config.doc_maxlen or model.settings.doc_maxlen
+            elif fresh:  # a plain encoder: ColBERT markers, query augmentation, PCA-initialised projection
+                s = model.settings
+                s.markers, s.query_augmentation = True, config.query_augmentation
+                s.query_maxlen, s.doc_maxlen, s.dim = config.query_maxlen, config.doc_maxlen or 180, config.dim
+                texts = corpus_texts or [t[1] if isinstance(t[1], str) else t[1][0] for t in triples]
+                weight = _pca_projection(model, texts, config.dim, config.seed)
+                linear = torch.nn.Linear(weight.shape[1], config.dim, bias=False)
+                with torch.no_grad():
+                    linear.weight.copy_(weight)
+                model = ColBERTModel(model.bert, model.tokenizer, linear, s, model.model_id, model.fingerprint)
+        s = model.settings
+        s.query_maxlen, s.doc_maxlen = config.query_maxlen, config.doc_maxlen or s.doc_maxlen
+        opt = _optimizer(model, config)
+        cache = StateCache() if config.freeze_layers < 0 else None
+        order_seed = int(saved["seeds"].get("order", config.seed)) if saved else config.seed
+        if saved is not None and log:
+            log(f"resuming from step {saved['step']} ({state_dir})")
+        order = np.random.default_rng(order_seed).permutation(
+            np.resize(np.arange(len(triples)), config.steps * config.batch_size))
+        show_bar = default_enabled() if show_progress is None else show_progress
+
+        def step_loss(step: int) -> torch.Tensor:
             batch = [triples[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]]
-            for group, lr in zip(opt.param_groups, base_lrs):
-                group["lr"] = lr * schedule(step)
             if distill:
-                loss = distillation_loss(model, batch, config.temperature, cache)
-            else:
-                loss = contrastive_loss(model, batch, cache) if cache is not None else contrastive_loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(round(loss.item(), 5))
-            step += 1
-            advance(1)
-            if log and not show_bar and (step % 10 == 0 or step == config.steps):
-                log(f"step {step}/{config.steps} loss {np.mean(losses[-10:]):.4f} ({time.perf_counter() - t0:.0f}s)")
-            if config.save_every and step % config.save_every == 0 and step < config.steps:
-                _save_state(out, model, opt, step, losses, config, order_seed)
-    model.eval()
-    model.model_id = out.resolve().name
-    model.save_pretrained(out)
-    shutil.rmtree(out / STATE, ignore_errors=True)
-    summary = {"steps": step, "triples": len(triples), "loss_first10": float(np.mean(losses[:10])),
-               "loss_last10": float(np.mean(losses[-10:])), "seconds": round(time.perf_counter() - t0, 1),
-               "threads": torch.get_num_threads(), "config": asdict(config), "losses": losses}
+                return distillation_loss(model, batch, config.temperature, cache)
+            return contrastive_loss(model, batch, cache) if cache is not None else contrastive_loss(model, batch)
+
+        def report(done: int, losses: list[float], secs: float) -> None:
+            if log and not show_bar and (done % 10 == 0 or done == config.steps):
+                log(f"step {done}/{config.steps} loss {np.mean(losses[-10:]):.4f} ({secs:.0f}s)")
+
+        t0 = time.perf_counter()
+        r = train_loop(model, opt, config.steps, step_loss, state_dir, schedule=_schedule(config),
+                       save_every=config.save_every, save_model=model.save_pretrained,
+                       seeds={"seed": config.seed, "order": order_seed}, extra={"config": asdict(config)},
+                       clip=1.0, desc="training colbert", progress=show_progress, loss_digits=5, on_step=report)
+        losses = r["losses"]
+        model.eval()
+        model.model_id = out.resolve().name
+        model.save_pretrained(out)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        summary = {"steps": r["steps"], "resumed_from_step": r["resumed_from_step"], "triples": len(triples),
+                   "loss_first10": float(np.mean(losses[:10])), "loss_last10": float(np.mean(losses[-10:])),
+                   "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
+                   "config": asdict(config), "losses": losses}
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
