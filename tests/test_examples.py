@@ -42,6 +42,7 @@ def saved_index(tmp_path_factory, docs_folder, encoder):
     return path
 
 
+@pytest.mark.slow
 def test_qa_bot_indexes_a_folder_once_and_answers_with_sources(docs_folder, tmp_path):
     env = {"RAGKIT_INDEX_DIR": str(tmp_path), "RAGKIT_MAX_NEW_TOKENS": "16"}
     out = run(["examples/qa_bot.py", str(docs_folder), "What does the assert statement do?"], env)

@@ -14,7 +14,7 @@ from ragkit.adaptation.knowledge import (KnowledgeAdapter, background_corpus, cl
 from ragkit.cli import app
 from ragkit.config import KNOWLEDGE_HEADER, ConfigError, PipelineConfig
 from ragkit.generation.evaluate import evaluate_qa
-from ragkit.generation.llm import GenerationConfig, HFCausalLM
+from ragkit.generation.llm import GenerationConfig
 from ragkit.generation.llm.openai_compat import OpenAICompatLLM
 from ragkit.generation.pipeline import Pipeline
 
@@ -22,11 +22,6 @@ SHORT = GenerationConfig(max_new_tokens=12)
 QUESTION = "Does aspirin reduce the risk of heart attack?"
 HITS_TEXT = ["Aspirin reduced the risk of heart attack by 20 percent in a trial of 5000 adults.",
              "Low-dose aspirin therapy lowers myocardial infarction rates in patients with cardiovascular disease."]
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return HFCausalLM.from_pretrained("default")
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +160,7 @@ def test_adapters_config_parsing_and_errors_name_the_field(tmp_path):
 
 
 # -- stacking with the real models -------------------------------------------------------------------
+@pytest.mark.slow
 def test_logits_and_prompt_adapters_stack_in_one_pipeline(index, llm, tmp_path, encoder):
     free = Pipeline(index, llm, PipelineConfig(generation=SHORT)).ask(QUESTION)
     first = llm.tokenizer(free.text, add_special_tokens=False)["input_ids"][0]

@@ -314,18 +314,17 @@ def test_zero_weights_are_exact_identities(tiny):
 
 # --- the real model ---------------------------------------------------------------------------
 
+@pytest.fixture
+def smollm(llm):
+    """The shared SmolLM2 (conftest), restored after each test."""
+    return llm
+
+
 @pytest.fixture(scope="module")
-def smollm():
-    from ragkit.generation.llm.hf import HFCausalLM
-
-    return HFCausalLM.from_pretrained()
-
-
-@pytest.fixture(scope="module")
-def small_sibling(smollm):
+def small_sibling(smollm2):
     from ragkit.adaptation.train import layer_dropped_copy
 
-    return layer_dropped_copy(smollm.model, [0, 29]).eval()
+    return layer_dropped_copy(smollm2.model, [0, 29]).eval()
 
 
 def _greedy(llm, prompt, n=8, adapters=()):

@@ -8,7 +8,6 @@ from ragkit.cli import app
 from ragkit.config import PipelineConfig
 from ragkit.errors import CorpusError
 from ragkit.generation.evaluate import evaluate_qa, groundedness, normalize, token_f1
-from ragkit.generation.llm import HFCausalLM
 from ragkit.generation.pipeline import Pipeline
 
 DOCS = [("1", "Aspirin reduced the risk of heart attack by 20 percent in the trial of 5000 adults."),
@@ -46,8 +45,9 @@ def test_groundedness_prefers_supported_sentences(encoder):
     assert groundedness(encoder, "", passage) is None
 
 
-def test_evaluate_qa_three_conditions(folder, encoder):
-    pipe = Pipeline(None, HFCausalLM.from_pretrained("default"), PipelineConfig())
+@pytest.mark.slow
+def test_evaluate_qa_three_conditions(folder, encoder, llm):
+    pipe = Pipeline(None, llm, PipelineConfig())
     pipe.config.retrieval.k = 1
     res = evaluate_qa(folder, pipe, explain_tokens=8)
     assert set(res) == {"closed", "retrieval", "gold"}

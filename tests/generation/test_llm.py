@@ -13,11 +13,6 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 GREEDY = GenerationConfig(max_new_tokens=12)
 
 
-@pytest.fixture(scope="module")
-def llm():
-    return HFCausalLM.from_pretrained("default")
-
-
 def test_greedy_generation_is_deterministic_and_streams_the_same_text(llm):
     a, b = llm.generate(QUESTION, GREEDY), llm.generate(QUESTION, GREEDY)
     assert a == b and "Paris" in a.text
@@ -94,8 +89,8 @@ class _ChatServer(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def endpoint(llm):
-    _ChatServer.llm = llm
+def endpoint(smollm2):
+    _ChatServer.llm = smollm2
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"

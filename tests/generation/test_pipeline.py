@@ -7,15 +7,10 @@ from typer.testing import CliRunner
 from ragkit import Index
 from ragkit.cli import app
 from ragkit.config import ConfigError, PipelineConfig
-from ragkit.generation.llm import GenerationConfig, HFCausalLM
+from ragkit.generation.llm import GenerationConfig
 from ragkit.generation.pipeline import Pipeline, PromptTooLongError, parse_citations
 
 SHORT = GenerationConfig(max_new_tokens=24)
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return HFCausalLM.from_pretrained("default")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +39,7 @@ def test_sources_are_numbered_hits_and_citations_map_back(index, llm, topic_docs
     assert all(f"[{s.n}] {s.title}" in prompt for s in answer.sources)
 
 
+@pytest.mark.slow
 def test_streaming_gives_the_same_answer_as_ask(index, llm):
     pipe = Pipeline(index, llm, PipelineConfig(generation=SHORT))
     stream = pipe.stream("How do for loops work?")
@@ -125,6 +121,7 @@ def test_attribution_matches_unmarked_sentences_to_their_source(encoder, index):
     assert attribute(encoder, text, sources, 0.99) == []
 
 
+@pytest.mark.slow
 def test_answers_without_markers_get_attributed_sources_appended(index, llm):
     pipe = Pipeline(index, llm, PipelineConfig(generation=SHORT))
     stream = pipe.stream("What does the assert statement do?")

@@ -14,7 +14,6 @@ from ragkit import Index  # noqa: E402
 from ragkit.integrations.llama_index import (RagkitLLM, RagkitRerankPostprocessor, RagkitRetriever,  # noqa: E402
                                              query_engine)
 from ragkit.generation.llm import GenerationConfig  # noqa: E402
-from ragkit.generation.llm.hf import HFCausalLM  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +22,8 @@ def index(encoder, topic_docs):
 
 
 @pytest.fixture(scope="module")
-def backend():
-    return HFCausalLM.from_pretrained("default")
+def backend(smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +45,7 @@ def test_retriever_returns_ragkit_hits_as_nodes(index):
         RagkitRetriever(index, retriever="colbertx")
 
 
+@pytest.mark.slow
 def test_llm_completes_streams_and_chats_like_the_backend(llm, backend):
     cfg = GenerationConfig(max_new_tokens=12)
     prompt = "The capital of France is"
@@ -77,6 +77,7 @@ def test_rerank_postprocessor_reorders_by_the_ragkit_reranker(index):
         RagkitRerankPostprocessor(reranker).postprocess_nodes(nodes)
 
 
+@pytest.mark.slow
 def test_query_engine_answers_end_to_end_with_sources(index, llm):
     engine = query_engine(index, llm=llm, k=3)
     response = engine.query("What does the assert statement do?")

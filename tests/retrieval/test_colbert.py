@@ -18,8 +18,8 @@ QUERY = "assert statement for debugging"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return ColBERTModel.from_pretrained("default")
+def model(colbert_default):
+    return colbert_default
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_checkpoint_layout_round_trip(tmp_path, model):
     assert q.shape[1] == 32 and bool(mask.all())  # [MASK] query augmentation fills query_maxlen
 
 
-def test_training_lowers_the_loss_resumes_and_reloads(tmp_path, docs, monkeypatch):
+def test_training_lowers_the_loss_resumes_and_reloads(tmp_path, docs, monkeypatch, colbert_default):
     import ragkit.retrieval.colbert.train as tc
 
     triples = tc.synthesize_triples(docs, 8, seed=0)
@@ -158,7 +158,7 @@ def test_training_lowers_the_loss_resumes_and_reloads(tmp_path, docs, monkeypatc
     res = tc.train_colbert(triples, tmp_path / "ck", config)  # resumes at step 3
     assert res["steps"] == 6 and len(res["losses"]) == 6 and not (tmp_path / "ck" / tc.STATE).exists()
     trained = ColBERTModel.from_pretrained(str(tmp_path / "ck"))
-    start = tc.ColBERTModel.from_pretrained("default")
+    start = colbert_default
     with torch.no_grad():
         after = float(tc.contrastive_loss(trained, triples[:4]))
     assert after < res["losses"][0]

@@ -56,16 +56,15 @@ def test_exact_loader_refuses_a_plaid_folder(tmp_path):
 
 # -- end to end ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def built(topic_docs):
+def built(topic_docs, colbert_default):
     """32 pydoc topics (the first 40 less the 8 longest: encoding is this test's main cost) encoded
     once by the default ColBERT; an exact retriever and a PLAID Index (2-bit residuals) over the
     same token vectors."""
     pytest.importorskip("colbert", reason="colbert-ai not installed (pip install 'ragkit[colbert]')")
     from ragkit.retrieval.index import Index, IndexConfig
-    from ragkit.retrieval.colbert.model import ColBERTModel
     from ragkit.retrieval.colbert.exact import ColBERTRetriever
 
-    model = ColBERTModel.from_pretrained("default")
+    model = colbert_default
     index = Index(IndexConfig(retrievers=["colbert"], colbert=ColBERTConfig(engine="plaid", nbits=2)), colbert=model)
     chunks = index.chunker.chunk([d for d in topic_docs[:40] if len(d.text) < 9000])
     arrays = model.encode_docs([c.indexed_text for c in chunks])

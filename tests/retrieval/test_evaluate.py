@@ -33,6 +33,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
         SentenceEncoder.from_pretrained(str(tmp_path / "no-model-here"))
 
 
+@pytest.mark.slow
 def test_example_script_runs(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "tea.md").write_text("# Tea\n\nGreen tea is steamed; black tea is oxidised.")

@@ -29,10 +29,8 @@ QUERIES = ("assert statement for debugging", "class definition and inheritance",
 
 # -- one small index (BM25 + dense HNSW + ColBERT exact) built once --------------------------------
 @pytest.fixture(scope="module")
-def colbert_model():
-    from ragkit.retrieval.colbert.model import ColBERTModel
-
-    return ColBERTModel.from_pretrained("default")
+def colbert_model(colbert_default):
+    return colbert_default
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from ragkit import Index  # noqa: E402
 from ragkit.config import PipelineConfig, ServerConfig  # noqa: E402
-from ragkit.generation.llm import GenerationConfig, HFCausalLM  # noqa: E402
+from ragkit.generation.llm import GenerationConfig  # noqa: E402
 from ragkit.generation.pipeline import Pipeline  # noqa: E402
 from ragkit.server import create_app  # noqa: E402
 
@@ -33,11 +33,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def pipeline(encoder, topic_docs):
+def pipeline(encoder, topic_docs, smollm2):
     index = Index.build([replace(d, text=d.text[:2000]) for d in topic_docs[:40]], encoder=encoder)
     config = PipelineConfig(generation=GenerationConfig(max_new_tokens=16),
                             server=ServerConfig(max_request_bytes=20_000, max_tokens=64, api_key_env=""))
-    return Pipeline(index, HFCausalLM.from_pretrained("default"), config)
+    return Pipeline(index, smollm2, config)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,7 @@ def test_models_and_health(server, client, pipeline):
     assert health["status"] == "ok" and health["index"]["documents"] == 40
 
 
+@pytest.mark.slow
 def test_chat_answers_with_the_pipeline_and_cites_sources(client, pipeline):
     resp = client.chat.completions.create(model=pipeline.llm.model_id, max_tokens=16,
                                           messages=[{"role": "user", "content": QUESTION}])
@@ -92,6 +93,7 @@ def test_chat_answers_with_the_pipeline_and_cites_sources(client, pipeline):
     assert resp.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.slow
 def test_streaming_chat_matches_the_plain_answer(client, pipeline):
     msgs = [{"role": "user", "content": "How do for loops work?"}]
     plain = client.chat.completions.create(model="ragkit", messages=msgs, max_tokens=16)
@@ -202,6 +204,7 @@ def test_api_key_is_required_when_configured(server, client):
         state.api_key = ""
 
 
+@pytest.mark.slow
 def test_concurrent_streams_are_not_mixed(client):
     questions = ["What does the assert statement do?", "How do for loops work?", "What is a class?"]
     expected = {q: client.chat.completions.create(model="ragkit", max_tokens=10,
@@ -222,6 +225,7 @@ def test_concurrent_streams_are_not_mixed(client):
     assert got == expected
 
 
+@pytest.mark.slow
 def test_ragkit_openai_backend_talks_to_ragkit_serve(server, pipeline):
     from ragkit.generation.llm.openai_compat import OpenAICompatLLM
 
