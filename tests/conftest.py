@@ -6,6 +6,7 @@ Markers (registered in pyproject.toml): `slow` (over ~5 s), `plaid`, `datasets`,
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,22 @@ def dataset():
             pytest.skip(f"data set {name!r} not found at {path} (set RAGKIT_DATASETS to the shared BEIR folder)")
         return path
     return find
+
+
+@pytest.fixture
+def missing(monkeypatch):
+    """`missing("fastapi", forget=["ragkit.server"])`: for this test the named packages (and their
+    submodules) cannot be imported, as if their extra were not installed, and the `forget` modules
+    are imported afresh; everything is put back afterwards."""
+    def block(*names: str, forget: tuple[str, ...] | list[str] = ()) -> None:
+        def loaded(name: str) -> list[str]:
+            return [m for m in list(sys.modules) if m == name or m.startswith(name + ".")]
+
+        for name in names:
+            for m in loaded(name):
+                monkeypatch.setitem(sys.modules, m, None)
+            monkeypatch.setitem(sys.modules, name, None)
+        for name in forget:
+            for m in loaded(name):
+                monkeypatch.delitem(sys.modules, m)
+    return block

@@ -36,6 +36,7 @@ from ragkit.generation.pipeline import Pipeline
 
 try:
     import anyio
+    import uvicorn  # noqa: F401 - `serve` needs it: a missing one is reported here, with the hint
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
