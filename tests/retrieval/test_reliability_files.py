@@ -330,7 +330,7 @@ def test_long_document_chunked_in_windows_gives_the_same_chunks(encoder, topic_d
 @pytest.fixture(scope="module")
 def adapters_built(tmp_path_factory):
     """A kNN datastore, a `full` model adapter, a proxy over it and a knowledge adapter, all tiny."""
-    from tests.test_adapters_whitebox import tiny_llm_folder, tiny_model, tiny_text, tiny_tokenizer
+    from tests.helpers import tiny_llm_folder, tiny_model, tiny_text, tiny_tokenizer
 
     from ragkit.adaptation import new_manifest
     from ragkit.adaptation.knn import build_datastore
