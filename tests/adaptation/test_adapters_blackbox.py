@@ -264,6 +264,7 @@ def test_eval_qa_knowledge_conditions(qa_folder, llm, encoder):
     assert [r["id"] for r in background_corpus(qa_folder, "train")] == ["q3:3"]
 
 
+@pytest.mark.slow
 def test_cli_eval_qa_and_ask_with_an_adapter(qa_folder, tmp_path):
     make_knowledge_adapter(tmp_path / "kn", "default", samples=1, max_new_tokens=16, min_relevance=0.0,
                            min_consistency=0.0, min_words=1)

@@ -137,6 +137,7 @@ GATED_CLI = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("wait", [False, True])
+@pytest.mark.slow
 def test_concurrent_adds_never_lose_documents(tmp_path, built, wait):
     a = write_jsonl(tmp_path / "a.jsonl", docs("alpha", 40, 150))
     b = write_jsonl(tmp_path / "b.jsonl", docs("bravo", 40, 150))
