@@ -14,7 +14,7 @@ from pathlib import Path
 from ragkit import Index
 from ragkit.config import PipelineConfig
 from ragkit.generation.llm import GenerationConfig
-from ragkit.generation.pipeline import Pipeline, load_llm
+from ragkit import Pipeline, load_llm
 
 
 def open_index(folder: Path) -> Index:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -98,7 +98,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> "PipelineConfig":
-        config = _build(cls, data or {}, where)
+        config = from_dict(cls, data or {}, where)
         adapter_specs(config.adapters, f"{where}.adapters")
         return config
 
@@ -151,10 +151,14 @@ def adapter_specs(entries: Any, where: str = "adapters") -> list[tuple[str, dict
     return out
 
 
-def _build(cls, data: dict, where: str):
+def from_dict(cls, data: dict, where: str, ignore: Iterable[str] = ()):
+    """The dataclass `cls` from a mapping — ragkit's one config builder: nested dataclass fields are
+    built the same way, and an unknown key is a `ConfigError` naming its path (`where.field`), except
+    the keys in `ignore` (extra descriptive keys a saved file may carry)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if k not in set(ignore)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
@@ -162,7 +166,7 @@ def _build(cls, data: dict, where: str):
     for name, value in data.items():
         sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub) and isinstance(sub, type):
-            kwargs[name] = _build(sub, value or {}, f"{where}.{name}")
+            kwargs[name] = from_dict(sub, value or {}, f"{where}.{name}")
         else:
             kwargs[name] = value
     try:

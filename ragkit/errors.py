@@ -19,6 +19,10 @@ class IndexFormatError(RagkitError):
     """A folder is not a ragkit index, or one ragkit cannot load (version, encoder mismatch)."""
 
 
+class UnknownRetrieverError(RagkitError, ValueError):
+    """A retriever name that the index does not have."""
+
+
 class ModelLoadError(RagkitError):
     """A model could not be found or loaded."""
 

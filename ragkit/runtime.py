@@ -42,6 +42,14 @@ def torch_threads(n: int | None, faiss: bool = False) -> Iterator[None]:
             sys.modules["faiss"].omp_set_num_threads(faiss_before)
 
 
+def import_object(spec: str):
+    """The object a "module:Name" string names, imported on demand (ragkit's extension tables)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def cache_dir() -> Path:
     """ragkit's cache: `$RAGKIT_CACHE`, default `~/.cache/ragkit` (converted models, compiled extensions)."""
     return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))

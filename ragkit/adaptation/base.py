@@ -19,15 +19,16 @@ and whenever a model adapter folder is loaded; a damaged file is an `AdapterErro
 """
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ragkit.refs import adapters_dir, resolve_adapter  # noqa: F401 - adapters_dir is part of this module's API
+from ragkit.runtime import utc_now
 from ragkit._version import __version__
-from ragkit.errors import AdapterError, RagkitError
+from ragkit.errors import AdapterError
 from ragkit.integrity import FILES, seal, verify_files
 from ragkit.fs import atomic_dir, write_json
 
@@ -36,24 +37,7 @@ ADAPTER_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def adapters_dir() -> Path:
-    """Where adapters are saved and looked up by name: `$RAGKIT_ADAPTERS`, default `adapters/`."""
-    return Path(os.environ.get("RAGKIT_ADAPTERS", "adapters"))
-
-
-def resolve_adapter_path(name_or_path: str | Path) -> Path:
-    """A folder path as given when it exists, else `adapters_dir() / name`."""
-    p = Path(name_or_path)
-    if p.is_dir():
-        return p
-    named = adapters_dir() / str(name_or_path)
-    if named.is_dir():
-        return named
-    raise AdapterError(f"no adapter {str(name_or_path)!r}: neither a folder nor a name under {adapters_dir()}/")
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+resolve_adapter_path = resolve_adapter  # the one resolver lives in ragkit.refs
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -91,7 +75,7 @@ def new_manifest(kind: str, base_model: str, tokenizer: Any = None, corpus: Iter
                  **fields: Any) -> dict:
     """The manifest of a new adapter; `fields` adds training / params / metrics / anything else."""
     m = {"format": ADAPTER_FORMAT, "format_version": ADAPTER_FORMAT_VERSION, "ragkit_version": __version__,
-         "kind": kind, "base_model": base_model, "created": _now(),
+         "kind": kind, "base_model": base_model, "created": utc_now(),
          "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
          "corpus_fingerprint": text_fingerprint(corpus) if corpus is not None else None,
          "training": {}, "params": {}, "metrics": {}}

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ragkit.generation.loader import load_llm
+from ragkit.runtime import torch_threads
 from ragkit.adaptation.base import Adapter, load_adapter
 from ragkit.adaptation.knn import window_positions
 from ragkit.adaptation.logits import capture_lm_head_input
@@ -33,15 +35,6 @@ from ragkit.adaptation.logits import capture_lm_head_input
 # manifest param name -> processor attribute
 ATTRS = {"alpha": "alpha", "w": "w", "beta": "beta", "lambda": "lam", "temperature": "temperature",
          "lambda_bins": "lam_bins", "lambda_gate": "lam_gate"}
-
-
-def load_llm(ref: Any):
-    """An `HFCausalLM` for an LLM name / folder (or the object itself)."""
-    if hasattr(ref, "model") and hasattr(ref, "tokenizer"):
-        return ref
-    from ragkit.generation.llm.hf import HFCausalLM
-
-    return HFCausalLM.from_pretrained(str(ref))
 
 
 def as_adapter(a: Any, **overrides: Any) -> Adapter:
@@ -70,19 +63,13 @@ class WindowScorer:
     def run(self, callback) -> None:
         """callback(x [1, T], base_logits [T, V], hidden [T, H], lo, targets [n]) for each window:
         positions lo..T-2 of the window predict `targets`."""
-        before = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                for start, end, first in self.windows:
-                    x = self.ids[start:end].unsqueeze(0)
-                    logits = self.llm.model(input_ids=x, use_cache=False).logits[0].float()
-                    hidden = getattr(self.head, "_ragkit_lm_head_input")[0]
-                    lo = first - 1 - start
-                    callback(x, logits, hidden, lo, self.ids[first:end])
-        finally:
-            torch.set_num_threads(before)
+        with torch_threads(self.threads), torch.inference_mode():
+            for start, end, first in self.windows:
+                x = self.ids[start:end].unsqueeze(0)
+                logits = self.llm.model(input_ids=x, use_cache=False).logits[0].float()
+                hidden = getattr(self.head, "_ragkit_lm_head_input")[0]
+                lo = first - 1 - start
+                callback(x, logits, hidden, lo, self.ids[first:end])
 
 
 def target_nll(scores: torch.Tensor, targets: torch.Tensor) -> float:
@@ -161,22 +148,17 @@ def decode_speed(llm: Any, systems: dict[str, list[Adapter]], prompt_ids: torch.
     from transformers import LogitsProcessorList
 
     times: dict[str, list[float]] = {k: [] for k in systems}
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for r in range(repeats):
-                order = list(systems) if r % 2 == 0 else list(systems)[::-1]
-                for name in order:
-                    procs = LogitsProcessorList([a.logits_processor(llm) for a in systems[name]])
-                    st = _FirstLast()
-                    llm.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
-                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                       temperature=None, top_p=None, top_k=None, logits_processor=procs,
-                                       streamer=st, pad_token_id=llm.tokenizer.eos_token_id)
-                    times[name].append((new_tokens - 1) / max(1e-9, st.last - st.first))
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(threads), torch.inference_mode():
+        for r in range(repeats):
+            order = list(systems) if r % 2 == 0 else list(systems)[::-1]
+            for name in order:
+                procs = LogitsProcessorList([a.logits_processor(llm) for a in systems[name]])
+                st = _FirstLast()
+                llm.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                   temperature=None, top_p=None, top_k=None, logits_processor=procs,
+                                   streamer=st, pad_token_id=llm.tokenizer.eos_token_id)
+                times[name].append((new_tokens - 1) / max(1e-9, st.last - st.first))
     return {k: round(statistics.median(v), 2) for k, v in times.items()}
 
 
@@ -192,7 +174,7 @@ def evaluate(adapters: Sequence[Any], text: str, llm: Any = "smollm2", lora: Any
     """Held-out perplexity of the LLM alone, with each adapter, with all of them stacked in order
     (when more than one), and of the LoRA-tuned LLM (`lora`: a `lora`/`full` adapter folder);
     the share of the log-perplexity gap closed; decode tokens/s ratios (`speed_tokens=0`: skip)."""
-    from ragkit.adaptation.train import load_causal_lm
+    from ragkit.generation.loader import load_causal_lm
 
     llm = load_llm(llm)
     loaded = [as_adapter(a) for a in adapters]

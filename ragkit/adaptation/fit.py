@@ -26,7 +26,8 @@ import time
 from typing import Any, Sequence
 
 from ragkit.adaptation.base import update_manifest
-from ragkit.adaptation.evaluate import ATTRS, WindowScorer, as_adapter, combine_chain, load_llm, slice_side, target_nll
+from ragkit.adaptation.evaluate import ATTRS, WindowScorer, as_adapter, combine_chain, slice_side, target_nll
+from ragkit.generation.loader import load_llm
 
 GRIDS: dict[str, dict[str, list[float]]] = {
     "proxy": {"alpha": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0]},

@@ -2,7 +2,7 @@
 registers itself as an import side effect). Each class is built by `Class.from_folder(path, manifest)`."""
 from __future__ import annotations
 
-import importlib
+from ragkit.runtime import import_object
 
 KINDS: dict[str, str] = {
     "knowledge": "ragkit.adaptation.knowledge:KnowledgeAdapter",    # black-box: knowledge text in the prompt
@@ -16,13 +16,7 @@ KINDS: dict[str, str] = {
 }
 
 
-def load_class(spec: str):
-    """The object a "module:Name" string names."""
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def adapter_class(kind: str):
     """The class of adapter folders of `kind`; None when ragkit does not know the kind."""
     spec = KINDS.get(kind)
-    return load_class(spec) if spec else None
+    return import_object(spec) if spec else None

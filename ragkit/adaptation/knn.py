@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ragkit.runtime import torch_threads
 from ragkit.integrity import read_npy
 from ragkit.adaptation.base import AdapterError, LogitsAdapter, new_manifest, tokenizer_fingerprint, write_adapter
 from ragkit.adaptation.logits import KNN_KEYS, KNNLMProcessor, capture_key
@@ -46,21 +47,15 @@ def llm_hidden_states(model: Any, ids, window: int = 512, stride: int = 384, thr
 
     latest = capture_key(model, key)
     keys, values = [], []
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for start, end, first in window_positions(len(ids), window, stride):
-                x = ids[start:end].unsqueeze(0)
-                model(input_ids=x, use_cache=False)
-                h = latest()[0]  # [T, H]
-                # position p (absolute) predicts p+1: keep p in [first-1, end-2]
-                lo, hi = first - 1 - start, end - 1 - start
-                keys.append(h[lo:hi].float().clone())
-                values.append(ids[start + lo + 1:start + hi + 1].clone())
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(threads), torch.inference_mode():
+        for start, end, first in window_positions(len(ids), window, stride):
+            x = ids[start:end].unsqueeze(0)
+            model(input_ids=x, use_cache=False)
+            h = latest()[0]  # [T, H]
+            # position p (absolute) predicts p+1: keep p in [first-1, end-2]
+            lo, hi = first - 1 - start, end - 1 - start
+            keys.append(h[lo:hi].float().clone())
+            values.append(ids[start + lo + 1:start + hi + 1].clone())
     return torch.cat(keys), torch.cat(values)
 
 
@@ -76,7 +71,7 @@ def build_datastore(llm_ref: str, text: str, out: str | Path, k: int = 64, tempe
     import numpy as np
     import torch
 
-    from ragkit.adaptation.train import load_causal_lm
+    from ragkit.generation.loader import load_causal_lm
 
     model, tok, model_id = load_causal_lm(llm_ref)
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)

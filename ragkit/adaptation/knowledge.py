@@ -40,7 +40,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
-from ragkit.adaptation.base import AdapterError, PromptAdapter, adapters_dir, new_manifest, write_adapter
+from ragkit.data.splits import word_ngrams
+from ragkit.refs import resolve_folder_or_name
+from ragkit.runtime import torch_threads
+from ragkit.adaptation.base import AdapterError, PromptAdapter, new_manifest, write_adapter
 
 KIND = "knowledge"
 DEFAULT_PROMPT = "Question: {question}\nBackground:"
@@ -78,54 +81,18 @@ def default_encoder():
 
 
 # -- loading the small model -------------------------------------------------------------------
-def _find_model_dir(folder: Path) -> Path | None:
-    """The folder (or a direct subfolder) holding a peft adapter or a transformers model."""
-    for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
-        if (d / "adapter_config.json").is_file() or (d / "config.json").is_file():
-            return d
-    return None
-
-
 def resolve_sm(ref: str, adapter_dir: Path | None = None) -> str:
     """An SM reference as something `load_sm` opens: an existing folder (as given, inside or beside
     the adapter folder, or under `adapters/`) or else the reference itself (a hub id / alias)."""
-    near = [adapter_dir / ref, adapter_dir.parent / ref] if adapter_dir is not None else []
-    for cand in [Path(ref), *near, adapters_dir() / ref]:
-        if cand.is_dir():
-            return str(cand.resolve())
-    return ref
+    return resolve_folder_or_name(ref, adapter_dir)
 
 
 def load_sm(ref: str, threads: int | None = 1):
     """The small model as a `ragkit.generation.llm.hf.HFCausalLM`: a hub id / alias / transformers folder, a
     peft LoRA folder (merged onto its base), or a ragkit adapter folder of kind lora/full."""
-    from ragkit.generation.llm.hf import HFCausalLM
+    from ragkit.generation.loader import load_llm
 
-    path = Path(ref)
-    if not path.is_dir():
-        return HFCausalLM.from_pretrained(ref, threads=threads, prefill_threads=None)
-    model_dir = _find_model_dir(path)
-    if model_dir is None:
-        raise AdapterError(f"SM folder {path} holds neither a peft adapter (adapter_config.json) nor a "
-                           "transformers model (config.json)")
-    if not (model_dir / "adapter_config.json").is_file():
-        return HFCausalLM.from_pretrained(str(model_dir), threads=threads, prefill_threads=None)
-    try:
-        from peft import PeftModel
-    except ImportError as e:  # pragma: no cover - peft is a dependency of the adapter extras
-        raise AdapterError(f"{model_dir} is a LoRA adapter: loading it needs peft (pip install peft)") from e
-    base = None
-    for manifest in (path / "manifest.json", model_dir / "manifest.json"):
-        if manifest.is_file():
-            base = json.loads(manifest.read_text(encoding="utf-8")).get("base_model") or base
-    if not base:
-        base = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise AdapterError(f"{model_dir}: the LoRA adapter names no base model (manifest base_model or "
-                           "adapter_config.json base_model_name_or_path)")
-    llm = HFCausalLM.from_pretrained(base, threads=threads, prefill_threads=None)
-    merged = PeftModel.from_pretrained(llm.model, str(model_dir)).merge_and_unload()
-    return HFCausalLM(merged, llm.tokenizer, f"{llm.model_id}+{path.name}", threads=threads, prefill_threads=None)
+    return load_llm(ref, threads=threads, prefill_threads=None)
 
 
 # -- text helpers --------------------------------------------------------------------------------
@@ -205,7 +172,7 @@ class KnowledgeAdapter(PromptAdapter):
     def _generate(self, question: str) -> list[str]:
         import torch
 
-        from ragkit.generation.llm.hf import _GENERATE_LOCK, _torch_threads
+        from ragkit.generation.llm.hf import _GENERATE_LOCK
 
         p, sm = self.params, self.sm
         prompt = p["prompt"].format(question=question.strip())
@@ -215,7 +182,7 @@ class KnowledgeAdapter(PromptAdapter):
         common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=int(p["max_new_tokens"]),
                       pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         texts = []
-        with _GENERATE_LOCK, _torch_threads(sm.threads), torch.inference_mode():
+        with _GENERATE_LOCK, torch_threads(sm.threads), torch.inference_mode():
             greedy = sm.model.generate(input_ids=ids, do_sample=False, temperature=None, top_p=None, top_k=None,
                                        **common)
             texts.append(tok.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True))
@@ -328,8 +295,7 @@ def split_overlap(data_dir: str | Path, train: str = "train", test: str = "test"
         ids[s] = {d for ds in qrels.values() for d in ds if d in docs}
 
     def grams(t: str) -> set:
-        w = t.lower().split()
-        return {" ".join(w[i:i + n]) for i in range(len(w) - n + 1)}
+        return word_ngrams(t, n, lower=True)
 
     train_grams: set = set().union(*(grams(docs[d]) for d in ids[train])) if ids[train] else set()
     train_texts = {docs[d] for d in ids[train]}

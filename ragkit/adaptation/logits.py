@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
+from ragkit.refs import resolve_folder_or_name
 from ragkit.generation.llm.hf import cache_kwarg
-from ragkit.adaptation.base import AdapterError, LogitsAdapter, adapters_dir, check_same_tokenizer
+from ragkit.adaptation.base import AdapterError, LogitsAdapter, check_same_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -458,13 +459,7 @@ def knn_target_logprob(d: torch.Tensor, v: torch.Tensor, targets: torch.Tensor, 
 def resolve_model_ref(ref: str, adapter_path: Path | None) -> str:
     """A model reference in a manifest: a path relative to the adapter folder or its parent, a
     name under adapters/, or an LLM name / hub id as is."""
-    p = Path(ref)
-    if p.is_absolute():
-        return str(p)
-    for base in ([adapter_path, adapter_path.parent] if adapter_path else []) + [Path("."), adapters_dir()]:
-        if (base / p).is_dir():
-            return str(base / p)
-    return ref
+    return resolve_folder_or_name(ref, adapter_path)
 
 
 class _ModelBacked(LogitsAdapter):
@@ -478,7 +473,7 @@ class _ModelBacked(LogitsAdapter):
 
     def model(self, role: str):
         if role not in self._models:
-            from ragkit.adaptation.train import load_causal_lm
+            from ragkit.generation.loader import load_causal_lm
 
             refs = self.manifest.get("models", {})
             if role not in refs:
@@ -531,7 +526,7 @@ def create(kind: str, out: str | Path, models: dict[str, str], base_model: str, 
     (`models`: role → folder or LLM name; paths are stored relative to the adapter's parent folder
     when they lie under it). Roles: proxy expert + anti_expert, poe small, contrastive amateur."""
     from ragkit.adaptation.base import new_manifest, write_adapter
-    from ragkit.adaptation.train import load_causal_lm
+    from ragkit.generation.loader import load_causal_lm
 
     need = {"proxy": ("expert", "anti_expert"), "poe": ("small",), "contrastive": ("amateur",)}
     if kind not in need:

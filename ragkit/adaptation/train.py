@@ -20,108 +20,16 @@ them close to the LLM and lets proxy-tuning score both small models with one mat
 """
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ragkit.adaptation.base import (AdapterError, LogitsAdapter, new_manifest, read_adapter_manifest,
-                   verify_adapter_files, write_adapter)
+from ragkit.data.splits import word_ngrams
+from ragkit.generation.loader import base_model_id, is_model_adapter, load_causal_lm, peft_model
+from ragkit.adaptation.base import AdapterError, LogitsAdapter, new_manifest, read_adapter_manifest, write_adapter
 
 CHECKPOINT = "checkpoint"
-MODEL_KINDS = ("lora", "full", "distill")
-
-
-# ---------------------------------------------------------------------------------------------
-# loading any causal LM reference: an LLM name (resolve_llm) or a model adapter folder
-
-def is_model_adapter(ref: str | Path) -> bool:
-    p = Path(ref)
-    if not (p / "manifest.json").is_file():
-        return False
-    try:
-        return read_adapter_manifest(p)["kind"] in MODEL_KINDS
-    except AdapterError:
-        return False
-
-
-def load_causal_lm(ref: str | Path, dtype: str = "float32") -> tuple[Any, Any, str]:
-    """(model, tokenizer, name) for an LLM name / hub id / folder, or a `lora` / `full` / `distill`
-    adapter folder (LoRA weights are merged into a copy of the base model)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ragkit.generation.llm.hf import resolve_llm
-
-    ref_s = str(ref)
-    if is_model_adapter(ref_s):
-        m = read_adapter_manifest(ref_s)
-        verify_adapter_files(ref_s, m)  # a damaged weight file: an AdapterError naming it, not a torch error
-        try:
-            if m["kind"] == "lora":
-                from peft import PeftModel
-
-                base, tok, _ = load_causal_lm(m["base_model"], dtype)
-                model = PeftModel.from_pretrained(base, ref_s).merge_and_unload()
-            else:
-                tok = AutoTokenizer.from_pretrained(ref_s)
-                model = AutoModelForCausalLM.from_pretrained(ref_s, dtype=getattr(torch, dtype))
-        except AdapterError:
-            raise
-        except Exception as e:  # noqa: BLE001 - transformers / safetensors / peft raise many kinds
-            raise _load_error(Path(ref_s), e) from e
-        return model.eval(), tok, Path(ref_s).name
-    model_id, target = resolve_llm(ref_s)
-    try:
-        tok = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=getattr(torch, dtype))
-    except Exception as e:  # noqa: BLE001
-        if Path(target).is_dir():  # a local model folder (a proxy's expert, an SM): name the damaged file
-            raise _load_error(Path(target), e) from e
-        raise
-    return model.eval(), tok, model_id
-
-
-def _load_error(folder: Path, e: Exception) -> AdapterError:
-    """An AdapterError for a model folder that failed to load, naming the damaged file when one of
-    its weight / config / tokenizer files is unreadable."""
-    import json as _json
-
-    bad = None
-    for f in sorted(folder.glob("*.safetensors")):
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(f), framework="pt") as st:
-                for k in st.keys():
-                    st.get_slice(k)
-        except Exception:  # noqa: BLE001
-            bad = f
-            break
-    if bad is None:
-        for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "adapter_config.json",
-                     "generation_config.json"):
-            f = folder / name
-            if f.is_file():
-                try:
-                    _json.loads(f.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    bad = f
-                    break
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if bad is not None:
-        return AdapterError(f"{bad} is damaged: the model in {folder} cannot be loaded ({first})")
-    return AdapterError(f"the model in {folder} cannot be loaded: {type(e).__name__}: {first}")
-
-
-def base_model_id(ref: str | Path) -> str:
-    """The LLM a model reference ultimately derives from (for manifests)."""
-    if is_model_adapter(ref):
-        return read_adapter_manifest(ref).get("base_model", str(ref))
-    from ragkit.generation.llm.hf import resolve_llm
-
-    return resolve_llm(str(ref))[0] if not os.path.isdir(str(ref)) else str(ref)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,11 +46,6 @@ def token_blocks(tokenizer: Any, text: str, block: int):
     return torch.tensor(ids[:n * block], dtype=torch.long).view(n, block)
 
 
-def _ngrams(text: str, n: int = 8) -> set:
-    w = re.findall(r"\S+", text)
-    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
-
-
 def general_text(max_chars: int = 600_000, exclude: Sequence[str] = (), min_paragraph: int = 200) -> tuple[str, dict]:
     """Generic English/technical text from installed packages' metadata descriptions and license
     files (site-packages), minus paragraphs that share a word 8-gram with any `exclude` text.
@@ -155,7 +58,7 @@ def general_text(max_chars: int = 600_000, exclude: Sequence[str] = (), min_para
     for root in sorted(roots):
         for d in sorted(root.glob("*.dist-info")):
             files += [d / "METADATA"] + sorted(x for x in d.rglob("*") if x.is_file() and "LICEN" in x.name.upper())
-    banned = set().union(*(_ngrams(t) for t in exclude)) if exclude else set()
+    banned = set().union(*(word_ngrams(t) for t in exclude)) if exclude else set()
     seen, out, size, dropped = set(), [], 0, 0
     for f in files:
         try:
@@ -169,7 +72,7 @@ def general_text(max_chars: int = 600_000, exclude: Sequence[str] = (), min_para
             if len(para) < min_paragraph or para in seen:
                 continue
             seen.add(para)
-            if banned and _ngrams(para) & banned:
+            if banned and word_ngrams(para) & banned:
                 dropped += 1
                 continue
             out.append(para)
@@ -255,6 +158,11 @@ def finetune(base: str | Path, text: str, out: str | Path, kind: str = "lora", s
 
     if kind not in ("lora", "full"):
         raise AdapterError(f"finetune kind must be lora or full, not {kind!r}")
+    if kind == "lora":  # checked before the model loads
+        try:
+            import peft  # noqa: F401
+        except ImportError as e:
+            raise AdapterError("LoRA training needs peft: pip install 'ragkit[adapters]'") from e
     out = Path(out)
     torch.manual_seed(seed)
     model, tok, name = load_causal_lm(base)
@@ -263,11 +171,11 @@ def finetune(base: str | Path, text: str, out: str | Path, kind: str = "lora", s
     if train_embeddings is None:
         train_embeddings = not from_distilled
     if kind == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-        model = get_peft_model(model, cfg)
+        model = peft_model(model, cfg)
         lr = lr or 2e-4
     else:
         for p in model.get_input_embeddings().parameters():

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ragkit.errors import RagkitError
-from ragkit.cli.console import _fail, _safe, err, out, printable, query_threads
+from ragkit.cli.console import _config_with_adapters, _fail, _safe, err, out, printable, query_threads
 
 
 @query_threads
@@ -37,17 +37,6 @@ def ask(
         print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
         return
     _print_sources(answer)
-
-
-def _config_with_adapters(config_file, adapters):
-    """The YAML config (or defaults) with the command line's --adapter entries appended."""
-    from ragkit.config import PipelineConfig, adapter_specs
-
-    config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
-    if adapters:
-        adapter_specs(list(adapters), "--adapter")
-        config.adapters = list(config.adapters or []) + list(adapters)
-    return config
 
 
 def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapters=None):

@@ -73,3 +73,14 @@ def query_threads(command):
         with torch_threads(QUERY_THREADS):
             return command(*args, **kwargs)
     return run
+
+
+def _config_with_adapters(config_file, adapters):
+    """The YAML config (or defaults) with the command line's --adapter entries appended."""
+    from ragkit.config import PipelineConfig, adapter_specs
+
+    config = PipelineConfig.from_yaml(config_file) if config_file else PipelineConfig()
+    if adapters:
+        adapter_specs(list(adapters), "--adapter")
+        config.adapters = list(config.adapters or []) + list(adapters)
+    return config

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ragkit.errors import RagkitError
-from ragkit.cli.console import _fail, _split, err, out
+from ragkit.cli.console import _config_with_adapters, _fail, _split, err, out
 
 
 def eval_qa(

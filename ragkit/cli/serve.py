@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ragkit.errors import RagkitError
-from ragkit.cli.console import _fail, err
+from ragkit.cli.console import _config_with_adapters, _fail, err
 
 
 def serve(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 LONG_LINE = 60
@@ -24,8 +23,10 @@ def _long_lines(text: str) -> set[str]:
     return {s for s in (line.strip() for line in text.splitlines()) if len(s) > LONG_LINE}
 
 
-def _ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
-    words = re.findall(r"\S+", text)
+def word_ngrams(text: str, n: int = NGRAM, lower: bool = False) -> set[tuple[str, ...]]:
+    """The set of word n-grams of `text` (words: runs of non-space characters) — ragkit's one leak
+    measure between training and held-out text."""
+    words = (text.lower() if lower else text).split()
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
@@ -54,7 +55,7 @@ def group_by_shared_lines(docs: dict[str, str]) -> list[list[str]]:
 
 def overlap_report(train: str, held_out: str) -> dict:
     """How much of `held_out` is found in `train`: word 8-gram share and verbatim long lines."""
-    tr, ho = _ngrams(train), _ngrams(held_out)
+    tr, ho = word_ngrams(train), word_ngrams(held_out)
     tl = _long_lines(train)
     hl = _long_lines(held_out)
     return {"ngram": NGRAM, "held_out_ngrams": len(ho), "shared_ngrams": len(ho & tr),

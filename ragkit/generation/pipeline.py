@@ -12,7 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from ragkit.config import LLMConfig, PipelineConfig
+from ragkit.config import PipelineConfig
+from ragkit.generation.loader import load_llm
 from ragkit.errors import PromptTooLongError, RagkitError
 from ragkit.retrieval.index import Hit, Index
 from ragkit.generation.llm.base import LLM, GenerationConfig, Message
@@ -73,8 +74,19 @@ class Answer:
         by_n = {s.n: s for s in self.sources}
         return [by_n[n] for n in self.citations + self.attributed]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, text: bool = True) -> dict:
+        """The answer as JSON-ready data — the one serialisation `ragkit ask --json`, the server's
+        `ragkit` field and evaluation share. Each source says whether it was `cited` (by the model or
+        by ragkit's attribution); `attributed` lists the numbers ragkit added, `attributions` why.
+        `text=False` leaves the answer text out (the server sends it in the message)."""
+        d = asdict(self)
+        cited = set(self.citations + self.attributed)
+        for source in d["sources"]:
+            source["cited"] = source["n"] in cited
+        d["attributed"] = self.attributed
+        if not text:
+            del d["text"]
+        return d
 
 
 def parse_citations(text: str, n_sources: int) -> tuple[list[int], list[int]]:
@@ -86,26 +98,6 @@ def parse_citations(text: str, n_sources: int) -> tuple[list[int], list[int]]:
             if n not in target:
                 target.append(n)
     return valid, unknown
-
-
-def load_llm(config: LLMConfig) -> LLM:
-    """The backend a configuration names."""
-    if config.backend == "hf":
-        from ragkit.generation.llm.hf import HFCausalLM
-
-        llm = HFCausalLM.from_pretrained(config.model, dtype=config.dtype, threads=config.threads,
-                                         prefill_threads=config.prefill_threads)
-    elif config.backend == "openai":
-        from ragkit.generation.llm.openai_compat import OpenAICompatLLM
-
-        if not config.base_url:
-            raise RagkitError("llm.base_url is required for backend 'openai'")
-        llm = OpenAICompatLLM(config.base_url, config.model, config.api_key_env, config.timeout, config.retries)
-    else:
-        raise RagkitError(f"unknown llm.backend {config.backend!r}; choose hf or openai")
-    if config.context_window:
-        llm.context_window = config.context_window
-    return llm
 
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")

@@ -64,8 +64,8 @@ class RagkitRetriever(BaseRetriever):
 
     def __init__(self, index: Index | str | Path, k: int = 5, retriever: str | None = None, **kwargs: Any) -> None:
         self.index = index if isinstance(index, Index) else Index.load(index)
-        if retriever and retriever not in self.index.retriever_names:
-            raise ValueError(f"unknown retriever {retriever!r}; this index has {', '.join(self.index.retriever_names)}")
+        if retriever:
+            self.index.check_retriever(retriever)
         self.k, self.retriever = k, retriever
         super().__init__(**kwargs)
 

@@ -41,3 +41,14 @@ class Retriever(ABC):
     @abstractmethod
     def describe(self) -> dict:
         """Settings recorded in the index manifest."""
+
+    # Retrievers an index stores (its `RETRIEVER_CLASSES` table) implement these two:
+    @classmethod
+    def for_index(cls, config, encoder=None, model=None) -> "Retriever":
+        """A new, empty retriever for an index with `config` (an `IndexConfig`)."""
+        raise NotImplementedError(f"{cls.__name__} is not stored in an index")
+
+    @classmethod
+    def load_for_index(cls, path: Path, config, encoder=None, model=None) -> "Retriever":
+        """The retriever saved in folder `path` of an index with `config`."""
+        raise NotImplementedError(f"{cls.__name__} is not stored in an index")

@@ -25,7 +25,8 @@ import bm25s
 import numpy as np
 
 from ragkit.data.chunking import WINDOW_CHARS, Chunk, text_windows
-from ragkit.errors import IndexFormatError
+from ragkit.config import from_dict
+from ragkit.errors import IndexFormatError, RagkitError
 from ragkit.integrity import read_json, read_npz
 from ragkit.retrieval.base import Ranking, Retriever
 
@@ -261,14 +262,22 @@ class BM25Retriever(Retriever):
                                                             ensure_ascii=False), encoding="utf-8")
 
     @classmethod
+    def for_index(cls, config, encoder=None, model=None) -> "BM25Retriever":
+        return cls(config.bm25)
+
+    @classmethod
+    def load_for_index(cls, path: Path, config, encoder=None, model=None) -> "BM25Retriever":
+        return cls.load(path)
+
+    @classmethod
     def load(cls, path: Path) -> "BM25Retriever":
         """Read a saved BM25 state; a missing, truncated or inconsistent file is an IndexFormatError
         naming it (token ids beyond the vocabulary, id lists of the wrong length, ...)."""
         path = Path(path)
         cfg = read_json(path / "config.json")
-        try:
-            config = BM25Config(**cfg)
-        except (TypeError, ValueError) as e:
+        try:  # config.json is describe(): the config plus descriptive keys
+            config = from_dict(BM25Config, cfg, str(path / "config.json"), ignore=("type", "vocabulary"))
+        except (TypeError, ValueError, RagkitError) as e:
             raise IndexFormatError(f"{path / 'config.json'} is damaged: {e}") from e
         vocab_list = read_json(path / "vocab.json")
         if not isinstance(vocab_list, list) or not all(isinstance(t, str) for t in vocab_list):

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ragkit.data.chunking import Chunk
-from ragkit.errors import IndexFormatError
+from ragkit.config import from_dict
+from ragkit.errors import IndexFormatError, RagkitError
 from ragkit.integrity import read_json
 from ragkit.retrieval.stores.vectors import FaissConfig, FaissVectorStore, VectorStore
 from ragkit.retrieval.encoder import SentenceEncoder
@@ -20,9 +21,9 @@ class DenseConfig:
     index: FaissConfig = field(default_factory=FaissConfig)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DenseConfig":
-        d = dict(d)
-        return cls(batch_size=d.get("batch_size", 64), index=FaissConfig(**d.get("index", {})))
+    def from_dict(cls, d: dict, where: str = "dense config") -> "DenseConfig":
+        """From a saved `describe()` (its descriptive keys are skipped; others must be known)."""
+        return from_dict(cls, d, where, ignore=("type", "encoder"))
 
 
 class DenseRetriever(Retriever):
@@ -66,11 +67,19 @@ class DenseRetriever(Retriever):
         (path / "config.json").write_text(json.dumps(self.describe(), indent=2))
 
     @classmethod
+    def for_index(cls, config, encoder=None, model=None) -> "DenseRetriever":
+        return cls(encoder, config.dense)
+
+    @classmethod
+    def load_for_index(cls, path: Path, config, encoder=None, model=None) -> "DenseRetriever":
+        return cls.load(path, encoder)
+
+    @classmethod
     def load(cls, path: Path, encoder: SentenceEncoder) -> "DenseRetriever":
         path = Path(path)
         cfg = read_json(path / "config.json")
         try:
-            config = DenseConfig.from_dict(cfg)
-        except (AttributeError, TypeError, ValueError) as e:
+            config = DenseConfig.from_dict(cfg, str(path / "config.json"))
+        except (AttributeError, TypeError, ValueError, RagkitError) as e:
             raise IndexFormatError(f"{path / 'config.json'} is damaged: {e}") from e
         return cls(encoder, config, FaissVectorStore.load(path))

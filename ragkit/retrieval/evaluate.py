@@ -15,6 +15,7 @@ from typing import Sequence
 import ir_measures
 from ir_measures import RR, R, nDCG
 
+from ragkit.runtime import QUERY_THREADS, torch_threads
 from ragkit.data.corpus import load_beir_corpus, load_beir_judged
 from ragkit.retrieval.index import Index, IndexConfig
 from ragkit.progress import progress_bar
@@ -56,12 +57,6 @@ def best_chunk_per_document(ranking: Ranking, chunk_to_doc: dict[str, str], k: i
     return docs
 
 
-def _set_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-
-
 def evaluate_beir(data_dir: str | Path, retrievers: Sequence[str] = EVAL_RETRIEVERS, split: str = "test",
                   config: IndexConfig | None = None, k: int = 100, show_progress: bool | None = None,
                   rerank_depth: int = 100) -> dict:
@@ -82,9 +77,10 @@ def build_eval_index(data_dir: str | Path, retrievers: Sequence[str] = EVAL_RETR
     docs = load_beir_corpus(data_dir)
     needed = sorted({m for name in retrievers for m in members(name)})
     config = replace(config or IndexConfig(), retrievers=needed)
-    _set_threads(os.cpu_count() or 1)
-    index = Index(config)
-    index.add(docs, show_progress=show_progress)
+    needs_torch = any(r != "bm25" for r in needed)
+    with torch_threads(os.cpu_count() or 1 if needs_torch else None):  # indexing: large batches, every core
+        index = Index(config)
+        index.add(docs, show_progress=show_progress)
     return index
 
 
@@ -99,7 +95,13 @@ def score_index(index: Index, data_dir: str | Path, retrievers: Sequence[str] = 
     depth = min(n_chunks, max(k, int(math.ceil(2 * k * n_chunks / n_docs))))
     fusion = replace(index.config.fusion, candidates=depth)
 
-    _set_threads(1)
+    with torch_threads(QUERY_THREADS if index.needs_torch("hybrid") else None):
+        return _score(index, queries, qrels, retrievers, k, show_progress, rerank_depth, depth, fusion, t_chunk,
+                      chunk_to_doc)
+
+
+def _score(index, queries, qrels, retrievers, k, show_progress, rerank_depth, depth, fusion, t_chunk,
+           chunk_to_doc) -> dict:
     results: dict[str, dict] = {}
     for name in retrievers:
         base = name[: -len(RERANK)] if name.endswith(RERANK) else name
@@ -122,5 +124,4 @@ def score_index(index: Index, data_dir: str | Path, retrievers: Sequence[str] = 
         shared = index.timings["colbert"] if {"dense", "colbert"} <= used and index._shared_pass() else 0.0
         results[name]["index_s"] = round(t_chunk + sum(index.timings[m] for m in used) - shared, 2)
         results[name]["ms_per_query"] = round(ms, 2)
-    _set_threads(os.cpu_count() or 1)
     return results

@@ -6,16 +6,16 @@
 """
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ragkit.runtime import import_object, utc_now
 from ragkit._version import __version__
 from ragkit.data.chunking import Chunk, Chunker, ChunkingConfig
 from ragkit.data.corpus import Document, LoadReport, check_unique_ids, load_corpus
-from ragkit.errors import CorpusError, IndexFormatError, RagkitError
+from ragkit.errors import CorpusError, IndexFormatError, RagkitError, UnknownRetrieverError
 from ragkit.retrieval.stores.chunks import ChunkStore
 from ragkit.integrity import FILES, seal, verify_files
 from ragkit.fs import (FORMAT, FORMAT_VERSION, MANIFEST, atomic_dir, check_output_dir, read_manifest, write_json,
@@ -23,13 +23,27 @@ from ragkit.fs import (FORMAT, FORMAT_VERSION, MANIFEST, atomic_dir, check_outpu
 from ragkit.retrieval.encoder import DEFAULT_ENCODER, SentenceEncoder, resolve_model_path
 from ragkit.progress import progress_bar
 from ragkit.retrieval.base import Ranking, Retriever
-from ragkit.retrieval.bm25 import BM25Config, BM25Retriever
+from ragkit.retrieval.bm25 import BM25Config
 from ragkit.retrieval.colbert.exact import ColBERTConfig
-from ragkit.retrieval.dense import DenseConfig, DenseRetriever
+from ragkit.retrieval.dense import DenseConfig
 from ragkit.retrieval.hybrid import FusionConfig, HybridRetriever
 
 RETRIEVERS = ("bm25", "dense", "colbert")
-_LOADED_LATER = object()  # Index.load fills the ColBERT retriever from the folder
+# retriever name (ColBERT: and engine) -> "module:Class", imported on demand; each class is made by
+# `for_index(config, encoder, model)` and read back by `load_for_index(path, config, encoder, model)`
+RETRIEVER_CLASSES = {
+    "bm25": "ragkit.retrieval.bm25:BM25Retriever",
+    "dense": "ragkit.retrieval.dense:DenseRetriever",
+    "colbert": "ragkit.retrieval.colbert.exact:ColBERTRetriever",
+    "colbert:plaid": "ragkit.retrieval.colbert.plaid:PlaidRetriever",
+}
+_LOADED_LATER = object()  # Index.load fills the retrievers from the folder
+
+
+def retriever_class(name: str, config: "IndexConfig"):
+    """The class of retriever `name` in an index with `config` (colbert: by its engine)."""
+    key = f"colbert:{config.colbert.engine}" if name == "colbert" and config.colbert.engine != "exact" else name
+    return import_object(RETRIEVER_CLASSES[key])
 
 
 @dataclass
@@ -53,14 +67,11 @@ class IndexConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "IndexConfig":
-        from ragkit.retrieval.stores.vectors import FaissConfig
+    def from_dict(cls, d: dict, where: str = "index config") -> "IndexConfig":
+        """From a manifest's `config` (unknown keys are a ConfigError naming their path)."""
+        from ragkit.config import from_dict
 
-        dense = d.get("dense", {})
-        return cls(retrievers=list(d.get("retrievers", ["bm25", "dense"])), encoder=d.get("encoder", DEFAULT_ENCODER),
-                   chunking=ChunkingConfig(**d.get("chunking", {})), bm25=BM25Config(**d.get("bm25", {})),
-                   dense=DenseConfig(dense.get("batch_size", 64), FaissConfig(**dense.get("index", {}))),
-                   fusion=FusionConfig(**d.get("fusion", {})), colbert=ColBERTConfig(**d.get("colbert", {})))
+        return from_dict(cls, d, where)
 
 
 @dataclass
@@ -80,10 +91,6 @@ class Hit:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _load_tokenizer(encoder_name: str):
@@ -112,13 +119,10 @@ class Index:
         self._chunker: Chunker | None = None
         self.chunks = ChunkStore()
         self.retrievers: dict[str, Retriever] = {}
-        if "bm25" in self.config.retrievers:
-            self.retrievers["bm25"] = BM25Retriever(self.config.bm25)
-        if "dense" in self.config.retrievers:
-            self.retrievers["dense"] = DenseRetriever(self.encoder, self.config.dense)
-        if "colbert" in self.config.retrievers and colbert is not _LOADED_LATER:
-            self.retrievers["colbert"] = _colbert_retriever(self.config.colbert, colbert)
-        self.created = _now()
+        if colbert is not _LOADED_LATER:
+            for name in self.config.retrievers:
+                self.retrievers[name] = retriever_class(name, self.config).for_index(self.config, self.encoder, colbert)
+        self.created = utc_now()
         self.updated = self.created
         self.timings: dict[str, float] = {}
         self._corpus_paths: list[Path] = []
@@ -189,7 +193,7 @@ class Index:
             if shared and name == "colbert":  # one pass served both: each is charged all of it
                 self.timings["dense"] = self.timings.get("dense", 0.0) + dt
         self.chunks.add(chunks)
-        self.updated = _now()
+        self.updated = utc_now()
         return len(chunks)
 
     def _shared_pass(self) -> bool:
@@ -208,7 +212,7 @@ class Index:
         chunk_ids = self.chunks.delete_documents(doc_ids)
         for r in self.retrievers.values():
             r.delete(chunk_ids)
-        self.updated = _now()
+        self.updated = utc_now()
         return len(chunk_ids)
 
     # -- searching ------------------------------------------------------------------------------
@@ -226,12 +230,19 @@ class Index:
         names = list(self.retrievers) if name == "hybrid" else [name]
         return any(n != "bm25" for n in names)
 
-    def retriever(self, name: str | None = None) -> Retriever:
+    def check_retriever(self, name: str | None = None) -> str:
+        """The retriever name a search with `name` uses (None: the index's default); an
+        `UnknownRetrieverError` (a ValueError) naming the ones this index has otherwise."""
         name = name or self.default_retriever
-        if name == "hybrid" and len(self.retrievers) > 1:
+        if name not in self.retriever_names:
+            raise UnknownRetrieverError(f"unknown retriever {name!r}: this index has no {name!r} retriever, only "
+                                        f"{', '.join(self.retriever_names)}")
+        return name
+
+    def retriever(self, name: str | None = None) -> Retriever:
+        name = self.check_retriever(name)
+        if name == "hybrid":
             return HybridRetriever(self.retrievers, self.config.fusion)
-        if name not in self.retrievers:
-            raise ValueError(f"this index has no {name!r} retriever; it has: {', '.join(self.retriever_names)}")
         return self.retrievers[name]
 
     def _hits(self, ranking: Ranking) -> list[Hit]:
@@ -314,8 +325,8 @@ class Index:
         manifest = read_manifest(path)
         verify_files(path, manifest)  # sizes always, sha256 of small files (ragkit.integrity)
         try:
-            config = IndexConfig.from_dict(manifest["config"])
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            config = IndexConfig.from_dict(manifest["config"], f"{path}/{MANIFEST}: config")
+        except (AttributeError, KeyError, TypeError, ValueError, RagkitError) as e:
             raise IndexFormatError(f"{path}/{MANIFEST} has an unreadable config: {e}") from e
         if only is not None:
             unknown = [r for r in only if r not in config.retrievers]
@@ -334,12 +345,8 @@ class Index:
             encoder = SentenceEncoder.from_pretrained(encoder)
         index = cls(config, encoder, colbert=_LOADED_LATER)
         index.chunks = ChunkStore.load(path / "chunks.jsonl")
-        if "bm25" in config.retrievers:
-            index.retrievers["bm25"] = BM25Retriever.load(path / "bm25")
-        if "dense" in config.retrievers:
-            index.retrievers["dense"] = DenseRetriever.load(path / "dense", encoder)
-        if "colbert" in config.retrievers:
-            index.retrievers["colbert"] = _load_colbert(path / "colbert", config.colbert, colbert)
+        for name in config.retrievers:
+            index.retrievers[name] = retriever_class(name, config).load_for_index(path / name, config, encoder, colbert)
         for name, r in index.retrievers.items():
             if len(r) != len(index.chunks):
                 raise IndexFormatError(f"{path} is damaged: {name} holds {len(r)} chunks, chunks.jsonl {len(index.chunks)}")
@@ -371,28 +378,3 @@ def _check_encoder(path: Path, built: dict, given: dict) -> None:
     if problems:
         raise IndexFormatError(f"{path} was built with another encoder ({'; '.join(problems)}); "
                                "load it with the encoder it was built with, or rebuild the index")
-
-
-def _colbert_retriever(config: ColBERTConfig, model=None) -> Retriever:
-    """A new ColBERT retriever (the checkpoint loaded unless given)."""
-    from ragkit.retrieval.colbert.model import ColBERTModel
-
-    if model is None or isinstance(model, str):
-        model = ColBERTModel.from_pretrained(model or config.checkpoint)
-    if config.engine == "plaid":  # colbert-ai is imported only for this engine
-        from ragkit.retrieval.colbert.plaid import PlaidRetriever
-
-        return PlaidRetriever(model, config)
-    from ragkit.retrieval.colbert.exact import ColBERTRetriever
-
-    return ColBERTRetriever(model, config)
-
-
-def _load_colbert(path: Path, config: ColBERTConfig, model=None) -> Retriever:
-    if config.engine == "plaid":
-        from ragkit.retrieval.colbert.plaid import PlaidRetriever
-
-        return PlaidRetriever.load(path, model)
-    from ragkit.retrieval.colbert.exact import ColBERTRetriever
-
-    return ColBERTRetriever.load(path, model)

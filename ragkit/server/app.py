@@ -30,7 +30,7 @@ import uuid
 from typing import Iterator
 
 from ragkit.config import PipelineConfig
-from ragkit.errors import PromptTooLongError, RagkitError
+from ragkit.errors import PromptTooLongError, RagkitError, UnknownRetrieverError
 from ragkit.generation.llm.base import GenerationConfig, Message
 from ragkit.generation.pipeline import Pipeline
 
@@ -189,9 +189,8 @@ class RagkitServer:
         on = self.pipeline.index is not None if opts.retrieval is None else opts.retrieval
         if on and self.pipeline.index is None:
             raise APIError(400, "retrieval was asked for but the server's config names no index", param="ragkit.retrieval")
-        if opts.retriever and self.pipeline.index is not None and opts.retriever not in self.pipeline.index.retriever_names:
-            raise APIError(400, f"unknown retriever {opts.retriever!r}; this index has "
-                                f"{', '.join(self.pipeline.index.retriever_names)}", param="ragkit.retriever")
+        if opts.retriever and self.pipeline.index is not None:
+            _check_retriever(self.pipeline.index, opts.retriever, "ragkit.retriever")
         return on, opts.k, opts.retriever
 
     # -- answering -----------------------------------------------------------------------------
@@ -292,17 +291,14 @@ class _Run:
         stream = self.answer_stream
         if stream is None or stream.answer is None:
             return None
-        answer = stream.answer
-        cited = set(answer.citations + answer.attributed)
-        return {"sources": [_source(s, s.n in cited) for s in stream.sources], "citations": answer.citations,
-                "attributed": answer.attributions, "unknown_citations": answer.unknown_citations,
-                "dropped": stream.dropped, "retrieve_ms": round(stream.timings["retrieve_s"] * 1000, 2),
-                **({"knowledge": answer.knowledge, "adapters": answer.adapters} if answer.adapters else {})}
+        return {**stream.answer.to_dict(text=False), "retrieve_ms": round(stream.timings["retrieve_s"] * 1000, 2)}
 
 
-def _source(s, cited: bool) -> dict:
-    return {"n": s.n, "chunk_id": s.chunk_id, "doc_id": s.doc_id, "title": s.title, "source": s.source,
-            "start": s.start, "end": s.end, "score": s.score, "truncated": s.truncated, "cited": cited, "text": s.text}
+def _check_retriever(index, name: str, param: str) -> None:
+    try:
+        index.check_retriever(name)
+    except UnknownRetrieverError as e:
+        raise APIError(400, str(e), param=param) from e
 
 
 def _vector(v, encoding: str):
@@ -479,9 +475,8 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
         index = state.pipeline.index
         if index is None:
             raise APIError(400, "this server's config names no index", code="no_index")
-        if req.retriever and req.retriever not in index.retriever_names:
-            raise APIError(400, f"unknown retriever {req.retriever!r}; this index has {', '.join(index.retriever_names)}",
-                           param="retriever")
+        if req.retriever:
+            _check_retriever(index, req.retriever, "retriever")
         t0 = time.perf_counter()
         try:
             hits = index.search(req.query, k=req.k, retriever=req.retriever)
@@ -496,13 +491,18 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
 def serve(config: PipelineConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Load the pipeline once and serve it until interrupted. SIGTERM/SIGINT cancel every generation
     in flight and give open connections `server.shutdown_seconds` to close."""
-    import torch
-    import uvicorn
+    from ragkit.runtime import QUERY_THREADS, torch_threads
 
     # Query encoding runs in the server's worker threads: on one torch thread, as everywhere in
     # ragkit at query time (two OpenMP threads on 2 busy cores made a 40 ms query take ~1 s).
     # Prompt prefill still asks for its own `llm.prefill_threads` around each forward pass.
-    torch.set_num_threads(1)
+    with torch_threads(QUERY_THREADS):
+        _serve(config, host, port, log_level)
+
+
+def _serve(config: PipelineConfig, host: str, port: int, log_level: str) -> None:
+    import uvicorn
+
     app = create_app(Pipeline.from_config(config), config)
     state: RagkitServer = app.state.ragkit
 

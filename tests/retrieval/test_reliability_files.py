@@ -352,7 +352,7 @@ def adapters_built(tmp_path_factory):
 
 def open_adapter(path: Path):
     from ragkit.adaptation import load_adapter
-    from ragkit.adaptation.train import load_causal_lm
+    from ragkit.generation.loader import load_causal_lm
 
     a = load_adapter(path)
     if a.kind == "knn":

