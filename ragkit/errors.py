@@ -31,6 +31,10 @@ class AdapterError(RagkitError):
     """An adapter folder is missing or wrong, or does not fit the model it is attached to."""
 
 
+class CheckpointError(RagkitError):
+    """A training checkpoint that cannot be resumed: damaged, from another ragkit, or another model's."""
+
+
 class BackendError(RagkitError):
     """An LLM endpoint could not be reached or answered with an error."""
 

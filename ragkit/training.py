@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ragkit.errors import RagkitError
+from ragkit.errors import CheckpointError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,8 +43,8 @@ FORMAT_VERSION = 1
 SEP = "::"
 
 
-def _older(folder: Path) -> RagkitError:
-    return RagkitError(f"checkpoint from an older ragkit; delete {folder} to restart (its training state is "
+def _older(folder: Path) -> CheckpointError:
+    return CheckpointError(f"checkpoint from an older ragkit; delete {folder} to restart (its training state is "
                        "in a format this ragkit does not read: the optimizer state was a torch pickle)")
 
 
@@ -52,7 +52,7 @@ def read_state(folder: str | Path) -> dict | None:
     """The `state.json` of a checkpoint folder, or None when there is no checkpoint to resume.
 
     A checkpoint written by an older ragkit (`optimizer.pt`, or a state.json of another format) or a
-    newer one is a `RagkitError` naming the folder; nothing of it is loaded."""
+    newer one is a `CheckpointError` naming the folder; nothing of it is loaded."""
     from ragkit.fs import recover
 
     folder = Path(folder)
@@ -65,15 +65,15 @@ def read_state(folder: str | Path) -> dict | None:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise RagkitError(f"{path} is damaged ({e}); delete {folder} to restart") from e
+        raise CheckpointError(f"{path} is damaged ({e}); delete {folder} to restart") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise _older(folder)
     version = state.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise RagkitError(f"{path} is damaged: format_version must be a whole number from 1, got {version!r}; "
+        raise CheckpointError(f"{path} is damaged: format_version must be a whole number from 1, got {version!r}; "
                           f"delete {folder} to restart")
     if version > FORMAT_VERSION:
-        raise RagkitError(f"{folder} holds a training checkpoint from a newer ragkit (format {version}; this one "
+        raise CheckpointError(f"{folder} holds a training checkpoint from a newer ragkit (format {version}; this one "
                           f"reads {FORMAT_VERSION}): upgrade ragkit, or delete {folder} to restart")
     return state
 
@@ -125,13 +125,13 @@ def optimizer_state(optimizer: "torch.optim.Optimizer", names: dict[int, str]) -
 def load_optimizer_state(optimizer: "torch.optim.Optimizer", names: dict[int, str], tensors: dict, meta: dict,
                          folder: Path) -> None:
     """Put the state `optimizer_state` returned (read back from disk) into `optimizer`; a checkpoint
-    whose parameters are not this optimizer's is a `RagkitError`."""
+    whose parameters are not this optimizer's is a `CheckpointError`."""
     import torch
 
     groups = meta.get("groups", [])
     mine = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
     if [g.get("params") for g in groups] != mine:
-        raise RagkitError(f"the training checkpoint in {folder} does not match this model (other trained "
+        raise CheckpointError(f"the training checkpoint in {folder} does not match this model (other trained "
                           f"parameters or settings); delete {folder} to restart")
     for group, saved in zip(optimizer.param_groups, groups):
         for k, v in saved.items():
@@ -143,7 +143,7 @@ def load_optimizer_state(optimizer: "torch.optim.Optimizer", names: dict[int, st
         name, _, skey = key.rpartition(SEP)
         p = by_name.get(name)
         if p is None:
-            raise RagkitError(f"{folder / OPTIMIZER_FILE} holds state for {name!r}, which this model does not "
+            raise CheckpointError(f"{folder / OPTIMIZER_FILE} holds state for {name!r}, which this model does not "
                               f"train; delete {folder} to restart")
         if skey != "step" and torch.is_floating_point(t):
             t = t.to(device=p.device, dtype=p.dtype)
@@ -189,14 +189,14 @@ def load_checkpoint(folder: str | Path, model: "torch.nn.Module", optimizer: "to
     folder = Path(folder)
     state = read_state(folder)
     if state is None:
-        raise RagkitError(f"no training checkpoint in {folder}")
+        raise CheckpointError(f"no training checkpoint in {folder}")
     names = _param_names(model)
 
     def read(name: str) -> dict:
         try:
             return load_file(str(folder / name))
         except (OSError, SafetensorError) as e:
-            raise RagkitError(f"{folder / name} is missing or damaged ({e}); delete {folder} to restart") from e
+            raise CheckpointError(f"{folder / name} is missing or damaged ({e}); delete {folder} to restart") from e
 
     if weights:
         saved = read(WEIGHTS_FILE)
@@ -205,7 +205,7 @@ def load_checkpoint(folder: str | Path, model: "torch.nn.Module", optimizer: "to
                 for p in g["params"]:
                     n = names[id(p)]
                     if n not in saved or saved[n].shape != p.shape:
-                        raise RagkitError(f"{folder / WEIGHTS_FILE} has no tensor {n!r} of shape {tuple(p.shape)}; "
+                        raise CheckpointError(f"{folder / WEIGHTS_FILE} has no tensor {n!r} of shape {tuple(p.shape)}; "
                                           f"delete {folder} to restart")
                     p.copy_(saved[n])
     load_optimizer_state(optimizer, names, read(OPTIMIZER_FILE), state.get("optimizer", {}), folder)
@@ -247,7 +247,7 @@ def train_loop(model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", ste
         start, losses = int(state["step"]), [float(x) for x in state["losses"]]
         base_lrs = [float(x) for x in state["scheduler"]["base_lrs"]]
         if len(base_lrs) != len(optimizer.param_groups):
-            raise RagkitError(f"the training checkpoint in {checkpoint} does not match this optimizer; "
+            raise CheckpointError(f"the training checkpoint in {checkpoint} does not match this optimizer; "
                               f"delete {checkpoint} to restart")
 
     def save(done: int) -> None:

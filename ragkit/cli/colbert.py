@@ -52,7 +52,7 @@ def train(
     """Train a ColBERT checkpoint: contrastive learning (in-batch + BM25 hard negatives) or distillation of
     a BM25 + dense teacher (--teacher hybrid)."""
     from ragkit.data.corpus import load_corpus
-    from ragkit.retrieval.colbert.train import TrainConfig, beir_triples, synthesize_distillation, synthesize_triples, train_colbert
+    from ragkit.retrieval.colbert.train import TrainConfig, train_colbert, training_examples
 
     try:
         config = TrainConfig(base=base, dim=dim, init=init, steps=steps, batch_size=batch_size, lr=lr,
@@ -60,21 +60,9 @@ def train(
                              freeze_layers=freeze_layers, temperature=temperature, save_every=save_every,
                              threads=threads, seed=seed)
         docs = load_corpus(corpus)
-        if teacher:
-            n = synthetic or steps * batch_size
-            with cli.err.status(f"synthesising {n} pseudo-queries from {len(docs)} documents and scoring "
-                                f"{candidates} candidates each with the {teacher} teacher"):
-                triples = synthesize_distillation(docs, n, seed, candidates=candidates, teacher=teacher)
-            source = f"synthetic pseudo-queries, {teacher} teacher scores"
-        elif synthetic is None and (corpus / "qrels" / f"{split}.tsv").is_file():
-            with cli.err.status(f"reading {corpus}/qrels/{split}.tsv and mining BM25 negatives"):
-                triples = beir_triples(corpus, split, seed)
-            source = f"{split} split"
-        else:
-            n = synthetic or steps * batch_size
-            with cli.err.status(f"synthesising {n} pseudo-query triples from {len(docs)} documents"):
-                triples = synthesize_triples(docs, n, seed)
-            source = "synthetic (sentence as query, BM25 hard negative)"
+        with cli.err.status(f"preparing training examples from {len(docs)} documents"):
+            triples, source = training_examples(corpus, docs, steps * batch_size, split, synthetic, teacher,
+                                                candidates, seed)
         cli.err.print(f"{len(triples)} training examples ({source}); {steps} steps of {batch_size}")
         res = train_colbert(triples, out_dir, config, corpus_texts=[d.text for d in docs], show_progress=None,
                             log=cli.err.print)

@@ -390,3 +390,19 @@ def train_colbert(triples: Sequence[Triple] | Sequence[Scored], out_dir: str | P
                    "config": asdict(config), "losses": losses}
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def training_examples(corpus: str | Path, docs: list, n_default: int, split: str = "train",
+                      synthetic: int | None = None, teacher: str | None = None, candidates: int = 16,
+                      seed: int = 0) -> tuple[list, str]:
+    """(training examples, where they came from) for `corpus`: distillation pseudo-queries scored by a
+    `teacher`; else the BEIR folder's `split` qrels when it has them (and `synthetic` is not asked);
+    else `synthetic` (default `n_default`) synthesised triples."""
+    if teacher:
+        n = synthetic or n_default
+        return (synthesize_distillation(docs, n, seed, candidates=candidates, teacher=teacher),
+                f"synthetic pseudo-queries, {teacher} teacher scores")
+    if synthetic is None and (Path(corpus) / "qrels" / f"{split}.tsv").is_file():
+        return beir_triples(corpus, split, seed), f"{split} split"
+    return (synthesize_triples(docs, synthetic or n_default, seed),
+            "synthetic (sentence as query, BM25 hard negative)")
