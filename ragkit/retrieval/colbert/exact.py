@@ -119,6 +119,19 @@ class TokenVectorRetriever(Retriever):
         q, mask = self.model.encode_queries([query])
         return q[0][mask[0]].float()
 
+    def _drop_rows(self, chunk_ids: Iterable[str]) -> tuple[int, np.ndarray | None]:
+        """Forget the rows of `chunk_ids` (ids, lengths, then the engine's `_reindex`): (how many, mask of the token
+        vectors to keep). Engines then cut their token arrays with the mask."""
+        drop = {cid for cid in chunk_ids if cid in self._row}
+        if not drop:
+            return 0, None
+        keep_rows = np.array([cid not in drop for cid in self.ids], dtype=bool)
+        keep_tokens = np.repeat(keep_rows, self.lengths)
+        self.ids = [cid for cid, k in zip(self.ids, keep_rows) if k]
+        self.lengths = self.lengths[keep_rows]
+        self._reindex()
+        return len(drop), keep_tokens
+
 
 class ColBERTRetriever(TokenVectorRetriever):
     """Token vectors of every chunk (title + text) with exact MaxSim search."""
@@ -165,18 +178,12 @@ class ColBERTRetriever(TokenVectorRetriever):
         self._maybe_train_centroids()
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
-        drop = {cid for cid in chunk_ids if cid in self._row}
-        if not drop:
-            return 0
-        keep_rows = np.array([cid not in drop for cid in self.ids], dtype=bool)
-        keep_tokens = np.repeat(keep_rows, self.lengths)
-        self.ids = [cid for cid, k in zip(self.ids, keep_rows) if k]
-        self.lengths = self.lengths[keep_rows]
-        self.emb = np.ascontiguousarray(self.emb[keep_tokens])
-        if self.centroids is not None:
-            self.codes = self.codes[keep_tokens]
-        self._reindex()
-        return len(drop)
+        dropped, keep_tokens = self._drop_rows(chunk_ids)
+        if dropped:
+            self.emb = np.ascontiguousarray(self.emb[keep_tokens])
+            if self.centroids is not None:
+                self.codes = self.codes[keep_tokens]
+        return dropped
 
     # -- candidate stage ------------------------------------------------------------------------
     def _maybe_train_centroids(self) -> None:

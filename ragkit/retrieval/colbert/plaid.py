@@ -313,17 +313,11 @@ class PlaidRetriever(TokenVectorRetriever):
         return codes, residuals
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
-        drop = {cid for cid in chunk_ids if cid in self._row}
-        if not drop:
-            return 0
-        keep_rows = np.array([cid not in drop for cid in self.ids], dtype=bool)
-        keep_tokens = np.repeat(keep_rows, self.lengths)
-        self.ids = [cid for cid, k in zip(self.ids, keep_rows) if k]
-        self.lengths = self.lengths[keep_rows]
-        self.codes = np.ascontiguousarray(self.codes[keep_tokens])
-        self.residuals = np.ascontiguousarray(self.residuals[keep_tokens])
-        self._reindex()
-        return len(drop)
+        dropped, keep_tokens = self._drop_rows(chunk_ids)
+        if dropped:
+            self.codes = np.ascontiguousarray(self.codes[keep_tokens])
+            self.residuals = np.ascontiguousarray(self.residuals[keep_tokens])
+        return dropped
 
     # -- searching ------------------------------------------------------------------------------
     def search(self, query: str, k: int = 10) -> Ranking:
