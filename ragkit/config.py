@@ -82,6 +82,8 @@ class ServerConfig:
     stall_seconds: float = 120.0         # /healthz says "wedged" (503) when decoding made no step for this long
     docs: bool = False                   # serve /docs, /redoc and /openapi.json (behind the API key when one is set)
     shutdown_seconds: float = 3.0        # on SIGTERM: generations are cancelled, connections get this long to close
+    max_batch: int = 8                   # generations decoded together in one shared batch (1: one at a time)
+    max_queue: int = 32                  # generations waiting for a batch row; more get HTTP 503 with Retry-After
 
 
 @dataclass

@@ -43,6 +43,14 @@ class PromptTooLongError(RagkitError):
     """A prompt (with the room asked for the answer) does not fit the model's context window."""
 
 
+class ServerBusyError(RagkitError):
+    """The model's batch and its wait queue are full; `retry_after` is a suggested wait in seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class OutputPathError(RagkitError):
     """An output folder ragkit refuses to replace: a file, a folder ragkit did not write, or the corpus."""
 

@@ -40,6 +40,7 @@ def llm(smollm2):
     saved = (smollm2.context_window, smollm2.threads, smollm2.prefill_threads)
     yield smollm2
     smollm2.logits_adapters.clear()
+    smollm2.batcher = smollm2.max_queue = None  # a server test turns batching on
     smollm2.context_window, smollm2.threads, smollm2.prefill_threads = saved
 
 

@@ -13,9 +13,12 @@ Domain adapters from the config's `adapters:` (or `ragkit serve --adapter NAME`)
 answer with retrieval; `/v1/models` lists them under the chat model's `ragkit` field and answers
 report the knowledge section (black-box adapters) in theirs.
 
-Concurrency: one model instance serves every request. Generation is serialised (the backend holds
-a lock while it decodes, so streams never mix); retrieval, embeddings and request parsing run
-concurrently in the worker thread pool. Security: binds to loopback unless told otherwise; when
+Concurrency: one model instance serves every request. Generations that arrive while the local
+model decodes join its shared batch (`server.max_batch` rows; see
+`ragkit.generation.llm.batching`); at most `server.max_queue` wait for a row, and more get 503
+with `Retry-After`. Generations with white-box adapters run one at a time (`/v1/models` says
+which mode is on). Retrieval, embeddings and request parsing run concurrently in the worker
+thread pool. Security: binds to loopback unless told otherwise; when
 the config's `server.api_key_env` variable is set, every `/v1` request needs
 `Authorization: Bearer <key>` (compared in constant time); request bodies and `max_tokens` are
 capped; errors have OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
@@ -30,7 +33,7 @@ import uuid
 from typing import Iterator
 
 from ragkit.config import PipelineConfig
-from ragkit.errors import PromptTooLongError, RagkitError, UnknownRetrieverError
+from ragkit.errors import PromptTooLongError, RagkitError, ServerBusyError, UnknownRetrieverError
 from ragkit.generation.llm.base import GenerationConfig, Message
 from ragkit.generation.pipeline import Pipeline
 
@@ -52,13 +55,14 @@ class APIError(Exception):
     """An error answered in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+                                       "code": self.code}}, status_code=self.status, headers=self.headers)
 
 
 # -- the app ----------------------------------------------------------------------------------------
@@ -132,6 +136,12 @@ class RagkitServer:
         self.api_key = os.environ.get(key_env, "") if key_env else ""
         self._runs: set[_Run] = set()
         self._runs_lock = threading.Lock()
+        if hasattr(pipeline.llm, "enable_batching"):  # local models: concurrent answers share one batch
+            pipeline.llm.enable_batching(self.config.server.max_batch, self.config.server.max_queue)
+
+    def batching(self) -> dict | None:
+        describe = getattr(self.pipeline.llm, "batching", None)
+        return describe() if describe is not None else None
 
     @property
     def encoder(self):
@@ -161,6 +171,7 @@ class RagkitServer:
                       and generation["since_last_step_s"] > self.config.server.stall_seconds)
         body = {"status": "wedged" if wedged else "ok", "model": self.model_name,
                 "adapters": [a.name for a in self.pipeline.adapters], "generation": generation,
+                "batching": self.batching(),
                 "in_flight": len(self._runs),
                 "index": None if index is None else {**index.manifest()["counts"], "retrievers": index.retriever_names}}
         return (503 if wedged else 200), body
@@ -355,6 +366,11 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
     async def _too_long(request: Request, exc: PromptTooLongError):
         return APIError(400, str(exc), code="context_length_exceeded").response()
 
+    @app.exception_handler(ServerBusyError)
+    async def _busy(request: Request, exc: ServerBusyError):
+        return APIError(503, str(exc), "server_error", code="server_busy",
+                        headers={"Retry-After": str(exc.retry_after)}).response()
+
     @app.exception_handler(RagkitError)
     async def _ragkit_error(request: Request, exc: RagkitError):
         return APIError(400, str(exc)).response()
@@ -371,8 +387,13 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
     @app.get("/v1/models")
     def models() -> dict:
         chat = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "ragkit"}
+        ext = {}
         if state.pipeline.adapters:  # the domain adapters every answer goes through
-            chat["ragkit"] = {"adapters": [a.describe() for a in state.pipeline.adapters]}
+            ext["adapters"] = [a.describe() for a in state.pipeline.adapters]
+        if state.batching() is not None:  # batched or serial decoding, and why
+            ext["batching"] = state.batching()
+        if ext:
+            chat["ragkit"] = ext
         return {"object": "list", "data": [
             chat,
             {"id": state.embedding_model, "object": "model", "created": 0, "owned_by": "ragkit"}]}

@@ -2,12 +2,14 @@
 and plain HTTP; the packaged SmolLM2 and MiniLM answer (short greedy generations)."""
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -40,10 +42,9 @@ def pipeline(encoder, topic_docs, smollm2):
     return Pipeline(index, smollm2, config)
 
 
-@pytest.fixture(scope="module")
-def server(pipeline):
+@contextmanager
+def running(app):
     """The app under uvicorn in a background thread; yields its base URL."""
-    app = create_app(pipeline)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -52,9 +53,20 @@ def server(pipeline):
     while not srv.started:
         assert time.time() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(pipeline):
+    """The app under uvicorn in a background thread; yields its base URL and the app."""
+    app = create_app(pipeline)
+    with running(app) as url:
+        yield url, app
+    pipeline.llm.batcher = pipeline.llm.max_queue = None  # the app turned batching on for the shared model
 
 
 @pytest.fixture(scope="module")
@@ -403,3 +415,46 @@ def test_sigterm_ends_the_server_within_seconds_while_a_stream_is_open(tmp_path)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_concurrent_answers_share_a_batch_and_a_full_server_answers_503_with_retry_after(pipeline):
+    config = replace(pipeline.config, server=replace(pipeline.config.server, max_batch=2, max_queue=0, max_tokens=200))
+    body = {"model": "ragkit", "stream": True, "max_tokens": 200, "ragkit": {"retrieval": False},
+            "messages": [{"role": "user", "content": QUESTION}]}
+    try:
+        with running(create_app(pipeline, config)) as url:
+            models = json.loads(urllib.request.urlopen(url + "/v1/models").read())["data"]
+            assert models[0]["ragkit"]["batching"]["mode"] == "batched"
+            assert models[0]["ragkit"]["batching"]["max_batch"] == 2
+            streams = []
+            for _ in range(2):  # both rows taken: each stream has sent its first piece
+                conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
+                conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                assert response.status == 200
+                while True:  # up to the first piece of text
+                    line = response.readline()
+                    assert line, "the stream ended before its first piece"
+                    if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                        break
+                streams.append((conn, response))
+            t0 = time.perf_counter()
+            status, error = post(url + "/v1/chat/completions", {**body, "stream": False})
+            assert status == 503 and error["error"]["code"] == "server_busy" and time.perf_counter() - t0 < 5
+            request = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as busy:
+                urllib.request.urlopen(request, timeout=30)
+            assert busy.value.code == 503 and int(busy.value.headers["Retry-After"]) >= 1
+            peak = pipeline.llm.batcher.peak_batch
+            for conn, _ in streams:
+                conn.close()  # the clients leave: their rows are cancelled
+            assert peak == 2
+            deadline = time.time() + 15
+            while pipeline.llm.batcher.status()["decoding"] and time.time() < deadline:
+                time.sleep(0.1)
+            assert pipeline.llm.batcher.status()["decoding"] == 0
+            status, answer = post(url + "/v1/chat/completions", {**body, "stream": False, "max_tokens": 4})
+            assert status == 200 and answer["choices"][0]["finish_reason"] == "length"
+    finally:
+        pipeline.llm.batcher = pipeline.llm.max_queue = None

@@ -145,6 +145,8 @@ class HFCausalLM(LLM):
         # transformers LogitsProcessor per generation, applied in list order
         self.logits_adapters: list = []
         self.activity = DecodeActivity()
+        self.batcher = None  # a DecodeBatcher once `enable_batching` is called (the server does)
+        self.max_queue: int | None = None  # with batching on: how many generations may wait (serial path too)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "float32",
@@ -153,6 +155,41 @@ class HFCausalLM(LLM):
         from ragkit.generation.loader import load_llm
 
         return load_llm(name_or_path, dtype=dtype, threads=threads, prefill_threads=prefill_threads)
+
+    def enable_batching(self, max_batch: int = 8, max_queue: int = 32) -> None:
+        """Decode concurrent generations in one shared batch (`ragkit.generation.llm.batching`);
+        `max_batch` 1 keeps the serial path. Either way at most `max_queue` generations wait, and
+        one more gets `ServerBusyError`."""
+        from ragkit.generation.llm.batching import DecodeBatcher, supports_batching
+
+        self.max_queue, self.batcher = max_queue, None
+        if max_batch <= 1:
+            self._serial_reason = "max_batch is 1"
+        elif not supports_batching(self.model):
+            self._serial_reason = "this model's KV cache is not plain full attention (sliding-window layers)"
+        else:
+            self.batcher = DecodeBatcher(self, max_batch, max_queue)
+
+    def batching(self) -> dict:
+        """How generations are scheduled now, for `/v1/models` and `/healthz`."""
+        if self.batcher is None:
+            why = "batching is off" if self.max_queue is None else self._serial_reason
+            return {"mode": "serial", "reason": why, "max_queue": self.max_queue}
+        info = {"mode": "batched", "max_batch": self.batcher.max_batch, "max_queue": self.max_queue,
+                **self.batcher.status()}
+        if self.logits_adapters:
+            info.update(mode="serial", reason="white-box adapters are attached: they run one generation at a time")
+        return info
+
+    def _batched(self, ids) -> bool:
+        return self.batcher is not None and not self.logits_adapters and ids.shape[1] >= 2
+
+    def _check_queue(self) -> None:
+        from ragkit.errors import ServerBusyError
+
+        if self.max_queue is not None and _GENERATE_LOCK.locked() and self.activity.waiting >= self.max_queue:
+            raise ServerBusyError(f"the model is busy: {self.activity.waiting} generations wait (the queue holds "
+                                  f"{self.max_queue}); retry shortly", retry_after=5)
 
     @property
     def is_chat(self) -> bool:
@@ -262,6 +299,11 @@ class HFCausalLM(LLM):
 
         config = config or GenerationConfig()
         ids = self.encode_prompt(prompt, config.max_new_tokens)
+        if self._batched(ids):
+            stream = self._batch_stream(ids, config)
+            text = "".join(stream)
+            return Generation(text, int(ids.shape[1]), stream.completion_tokens, stream.finish_reason or "stop")
+        self._check_queue()
         with self._turn(), torch_threads(self.threads), torch.inference_mode():
             out = self.model.generate(**self._generate_kwargs(ids, config))
         new = out[0, ids.shape[1]:]
@@ -275,7 +317,14 @@ class HFCausalLM(LLM):
         stops decoding at its next step and never waits on the worker from inside it."""
         config = config or GenerationConfig()
         ids = self.encode_prompt(prompt, config.max_new_tokens)
+        if self._batched(ids):
+            return self._batch_stream(ids, config)
+        self._check_queue()
         return TextStream(lambda out: self._stream(ids, config, out))
+
+    def _batch_stream(self, ids, config: GenerationConfig) -> TextStream:
+        """A generation decoded in the shared batch (queued now: `ServerBusyError` when full)."""
+        return TextStream(lambda out: self.batcher.pieces(self.batcher.submit(ids, config, out)))
 
     def _stream(self, ids, config: GenerationConfig, out: TextStream) -> Iterator[str]:
         import torch
