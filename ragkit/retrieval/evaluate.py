@@ -64,16 +64,22 @@ def evaluate_beir(data_dir: str | Path, retrievers: Sequence[str] = EVAL_RETRIEV
 
     `X+colbert_rerank` reorders X's first `rerank_depth` chunks by ColBERT; `hybrid` always fuses
     bm25 and dense (ColBERT is evaluated on its own and as a reranker)."""
+    _check_retrievers(retrievers)
+    load_beir_judged(data_dir, split)  # missing or bad queries/qrels fail before the index is built
     index = build_eval_index(data_dir, retrievers, config, show_progress)
     return score_index(index, data_dir, retrievers, split, k, show_progress, rerank_depth)
+
+
+def _check_retrievers(retrievers: Sequence[str]) -> None:
+    unknown = [r for r in retrievers if r not in EVAL_RETRIEVERS]
+    if unknown:
+        raise ValueError(f"unknown retrievers {unknown}; choose from {', '.join(EVAL_RETRIEVERS)}")
 
 
 def build_eval_index(data_dir: str | Path, retrievers: Sequence[str] = EVAL_RETRIEVERS,
                      config: IndexConfig | None = None, show_progress: bool | None = None) -> Index:
     """An in-memory index of a BEIR folder's corpus with the base retrievers `retrievers` need."""
-    unknown = [r for r in retrievers if r not in EVAL_RETRIEVERS]
-    if unknown:
-        raise ValueError(f"unknown retrievers {unknown}; choose from {', '.join(EVAL_RETRIEVERS)}")
+    _check_retrievers(retrievers)
     docs = load_beir_corpus(data_dir)
     needed = sorted({m for name in retrievers for m in members(name)})
     config = replace(config or IndexConfig(), retrievers=needed)

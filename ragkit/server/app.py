@@ -1,6 +1,7 @@
 """`ragkit serve`: an OpenAI-compatible HTTP server over a ragkit pipeline (FastAPI + uvicorn).
 
-Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (OpenAI shapes, `stream: true` as
+Endpoints: `GET /` (a chat page: static files in `ragkit/server/static`, no network needed),
+`POST /v1/chat/completions`, `POST /v1/completions` (OpenAI shapes, `stream: true` as
 server-sent events, usage counts), `POST /v1/embeddings` (the index's dense encoder),
 `GET /v1/models`, `POST /v1/retrieve` (ragkit search), `GET /healthz`.
 
@@ -30,6 +31,7 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 from ragkit.config import PipelineConfig
@@ -42,7 +44,8 @@ try:
     import uvicorn  # noqa: F401 - `serve` needs it: a missing one is reported here, with the hint
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError("ragkit serve needs FastAPI and uvicorn: pip install 'ragkit[server]'") from e
@@ -105,14 +108,15 @@ class _Auth:
     """ASGI middleware: when an API key is set, every request but `/healthz` needs
     `Authorization: Bearer <key>` (constant-time comparison), checked before the body is read."""
 
-    OPEN = ("/healthz",)
+    OPEN = ("/", "/healthz")  # and the chat page's static files: the page asks for the key itself
 
     def __init__(self, app, state: "RagkitServer") -> None:
         self.app, self.state = app, state
 
     async def __call__(self, scope, receive, send):
         key = self.state.api_key
-        if scope["type"] != "http" or not key or scope.get("path") in self.OPEN:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not key or path in self.OPEN or path.startswith("/static/"):
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = given.partition(" ")
@@ -173,7 +177,10 @@ class RagkitServer:
                 "adapters": [a.name for a in self.pipeline.adapters], "generation": generation,
                 "batching": self.batching(),
                 "in_flight": len(self._runs),
-                "index": None if index is None else {**index.manifest()["counts"], "retrievers": index.retriever_names}}
+                "retrieval": {"k": self.config.retrieval.k},
+                "index": None if index is None else {**index.manifest()["counts"], "retrievers": index.retriever_names,
+                                                     "default_retriever": self.config.retrieval.retriever
+                                                     or index.default_retriever}}
         return (503 if wedged else 200), body
 
     # -- checks --------------------------------------------------------------------------------
@@ -378,6 +385,14 @@ def create_app(pipeline: Pipeline, config: PipelineConfig | None = None) -> Fast
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
         return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").response()
+
+    static = Path(__file__).with_name("static")
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def chat_page():
+        """The chat page (ragkit/server/static): ask, watch the answer stream, open its sources."""
+        return FileResponse(static / "index.html", media_type="text/html")
 
     @app.get("/healthz")
     def healthz():
