@@ -7,10 +7,14 @@ keep-alive connections. Peer: the same searches as in-process `Index.search` cal
 the table shows what the server adds. Streams are checked against the same questions answered one
 at a time beforehand (greedy decoding: the texts must be equal).
 
+Streams: each question streamed alone first (the sequential greedy reference and "one stream alone"),
+then all at once, on the batching server (ragkit's default) and on a serial one (max_batch 1, the
+peer); then 12 clients at once against 1 row and a queue of 2 (the rest must get 503 at once).
+
 usage: python bench/server_load.py [--index indexes/pydocs] [--clients 50] [--requests 20] [--streams 8]
-                                   [--faults-only]   (run only the fault phase; other figures are kept)
-Threads: the server decodes on 1 torch thread and runs prefill on 2 (ragkit's policy); generation is
-serialised by the server, retrieval runs concurrently. Writes bench/results/server_load.json.
+                                   [--faults-only | --streams-only]   (one phase; other figures are kept)
+Threads: the server decodes on 1 torch thread and runs prefill on 2 (ragkit's policy); concurrent
+generations share one batch, retrieval runs concurrently. Writes bench/results/server_load.json.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment, table, write_results  # noqa: E402
+
+THREADS = ("server: decode 1 torch thread, prefill 2 (ragkit's policy); concurrent generations share one "
+           "batch (server.max_batch 8), retrieval concurrent")
 
 QUERIES = ["how do I read a file line by line", "sort a list of dictionaries by a key", "what is a generator",
            "run a shell command and capture output", "the with statement", "parse command line arguments",
@@ -52,9 +59,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: str, port: int, max_tokens: int) -> subprocess.Popen:
+def start_server(index: str, port: int, max_tokens: int, max_batch: int = 8, max_queue: int = 32) -> subprocess.Popen:
     config = Path(tempfile.mkdtemp()) / "pipeline.yaml"
-    config.write_text(f"index: {index}\nretrieval: {{k: 3}}\nserver: {{max_tokens: {max_tokens}}}\n")
+    config.write_text(f"index: {index}\nretrieval: {{k: 3}}\n"
+                      f"server: {{max_tokens: {max_tokens}, max_batch: {max_batch}, max_queue: {max_queue}}}\n")
     ragkit = str(Path(sys.executable).with_name("ragkit"))
     proc = subprocess.Popen([ragkit, "serve", "--config", str(config), "--port", str(port), "--log-level", "warning"],
                             cwd=ROOT)
@@ -116,6 +124,9 @@ def chat(port: int, question: str, max_tokens: int, stream: bool) -> dict:
     t0 = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
+    if resp.status == 503:
+        resp.read()
+        return {"busy": True, "retry_after": resp.headers.get("Retry-After"), "total_s": time.perf_counter() - t0}
     if not stream:
         data = json.loads(resp.read())
         return {"text": data["choices"][0]["message"]["content"], "total_s": time.perf_counter() - t0,
@@ -210,6 +221,66 @@ def faults(port: int, clients: int, requests: int, k: int, drops: int, chats: in
             "max_tokens": max_tokens}
 
 
+def concurrent_streams(port: int, questions: list[str], max_tokens: int) -> tuple[list[dict], float]:
+    """All `questions` streamed at once, one client thread each: (results, wall seconds)."""
+    results: list[dict] = [{}] * len(questions)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = chat(port, questions[i], max_tokens, stream=True)
+        except Exception as e:  # noqa: BLE001 - reported as a failed stream
+            results[i] = {"error": f"{type(e).__name__}: {e}"}
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(900)
+    return results, time.perf_counter() - t0
+
+
+def streams_phase(index: str, questions: list[str], max_tokens: int, overfull: int) -> dict:
+    """8 concurrent streams on the batching server vs each alone (the sequential greedy reference), the
+    same on a serial server (max_batch 1: the peer), and an over-full serial server (503, never hangs)."""
+    out: dict = {}
+    for mode, batch in (("batched", 8), ("serial", 1)):
+        port = free_port()
+        server = start_server(index, port, max(max_tokens, 200), max_batch=batch, max_queue=32)
+        try:
+            alone = {q: chat(port, q, max_tokens, stream=True) for q in dict.fromkeys(questions)}
+            results, wall = concurrent_streams(port, questions, max_tokens)
+            if mode == "serial":  # over-full: one row, a queue of 2, `overfull` clients at once
+                server.terminate()
+                server.wait(30)
+                port = free_port()
+                server = start_server(index, port, max(max_tokens, 200), max_batch=1, max_queue=2)
+                full, full_wall = concurrent_streams(port, (questions * overfull)[:overfull], max_tokens)
+                busy = [r for r in full if r.get("busy")]
+                out["overfull"] = {"clients": overfull, "max_batch": 1, "max_queue": 2,
+                                   "completed": sum(1 for r in full if r.get("done")), "busy_503": len(busy),
+                                   "errors": sum(1 for r in full if r.get("error")),
+                                   "busy_answer_s_max": round(max((r["total_s"] for r in busy), default=0), 3),
+                                   "retry_after": sorted({r["retry_after"] for r in busy}), "wall_s": round(full_wall, 1)}
+        finally:
+            server.terminate()
+            server.wait(30)
+        one = sorted(r["total_s"] for r in alone.values())[len(alone) // 2]
+        firsts = [r["first_s"] for r in results if r.get("first_s")]
+        out[mode] = {
+            "concurrent": len(questions), "completed": sum(1 for r in results if r.get("done")),
+            "equal_to_sequential": sum(1 for q, r in zip(questions, results)
+                                       if r.get("text") == alone[q]["text"] and r.get("sources") == alone[q]["sources"]),
+            "max_tokens": max_tokens, "wall_s": round(wall, 2), "one_stream_s": round(one, 2),
+            "wall_ratio_vs_one_stream": round(wall / one, 2),
+            "sequential_total_s": round(sum(r["total_s"] for r in alone.values()), 2),
+            "first_token_p50_s": round(pct(firsts, 0.5), 2) if firsts else None,
+            "first_token_p95_s": round(pct(firsts, 0.95), 2) if firsts else None,
+            "errors": sum(1 for r in results if r.get("error") or r.get("busy")),
+            "error_examples": [r.get("error") for r in results if r.get("error")][:3]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index", default=str(ROOT / "indexes" / "pydocs"))
@@ -219,6 +290,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--faults-only", action="store_true", help="run only the fault phase (keeps the other figures)")
+    ap.add_argument("--streams-only", action="store_true", help="run only the streams phase (keeps the other figures)")
+    ap.add_argument("--overfull", type=int, default=12, help="clients sent at once to a server with 1 row and a queue of 2")
     ap.add_argument("--drops", type=int, default=10)
     ap.add_argument("--chats-after", type=int, default=20)
     args = ap.parse_args()
@@ -238,6 +311,15 @@ def main() -> None:
         inproc.append(time.perf_counter() - t0)
     peer = {"p50_ms": round(1000 * pct(inproc, 0.5), 1), "p95_ms": round(1000 * pct(inproc, 0.95), 1)}
 
+    questions = (CHAT * ((args.streams + len(CHAT) - 1) // len(CHAT)))[: args.streams]
+    path = ROOT / "bench" / "results" / "server_load.json"
+    if args.streams_only:
+        res = json.loads(path.read_text()) if path.exists() else {}
+        res.update(streams_fields(streams_phase(args.index, questions, args.max_tokens, args.overfull)))
+        res["threads"], res["streams_environment"] = THREADS, environment()
+        print_streams(res)
+        write_results("server_load", res)
+        return
     port = free_port()
     server = start_server(args.index, port, max(args.max_tokens, 200))
     if args.faults_only:
@@ -246,7 +328,6 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-        path = ROOT / "bench" / "results" / "server_load.json"
         res = json.loads(path.read_text()) if path.exists() else {}
         res["faults"] = fault
         res["faults_environment"] = environment()
@@ -256,43 +337,17 @@ def main() -> None:
     try:
         single = retrieve_load(port, 1, len(QUERIES), args.k)
         load = retrieve_load(port, args.clients, args.requests, args.k)
-        questions = (CHAT * ((args.streams + len(CHAT) - 1) // len(CHAT)))[: args.streams]
-        sequential = {q: chat(port, q, args.max_tokens, stream=False) for q in dict.fromkeys(questions)}
-        results: list[dict | None] = [None] * len(questions)
-
-        def run(i: int) -> None:
-            try:
-                results[i] = chat(port, questions[i], args.max_tokens, stream=True)
-            except Exception as e:  # noqa: BLE001 - reported as a failed stream
-                results[i] = {"error": f"{type(e).__name__}: {e}"}
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(questions))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        streams_wall = time.perf_counter() - t0
         fault = faults(port, args.clients, args.requests, args.k, args.drops, args.chats_after, args.max_tokens)
     finally:
         server.terminate()
         server.wait(30)
-
-    completed = sum(1 for r in results if r and r.get("done"))
-    matching = sum(1 for q, r in zip(questions, results)
-                   if r and r.get("text") == sequential[q]["text"] and r.get("sources") == sequential[q]["sources"])
-    firsts = [r["first_s"] for r in results if r and r.get("first_s")]
+    streams = streams_phase(args.index, questions, args.max_tokens, args.overfull)
     res = {
         "index": Path(args.index).name, "k": args.k, "retriever": index.default_retriever,
-        "threads": "server: decode 1 torch thread, prefill 2; generation serialised, retrieval concurrent",
+        "threads": THREADS,
         "retrieve_in_process": peer, "retrieve_http_single_client": single, "retrieve_http_load": load,
         "http_p50_over_in_process_p50": round(single["p50_ms"] / peer["p50_ms"], 2),
-        "streams": {"concurrent": len(questions), "completed": completed, "equal_to_sequential": matching,
-                    "max_tokens": args.max_tokens, "wall_s": round(streams_wall, 1),
-                    "first_token_s_min": round(min(firsts), 2) if firsts else None,
-                    "first_token_s_max": round(max(firsts), 2) if firsts else None,
-                    "sequential_total_s": round(sum(r["total_s"] for r in sequential.values()), 1),
-                    "errors": [r.get("error") for r in results if r and r.get("error")]},
+        **streams_fields(streams),
         "faults": fault,
         "environment": environment(),
     }
@@ -302,11 +357,26 @@ def main() -> None:
         [f"HTTP, {args.clients} clients × {args.requests}", load["ok"], load["errors"], load["p50_ms"], load["p95_ms"],
          load["requests_per_s"]]]))
     print(f"HTTP single-client p50 ÷ in-process p50: {res['http_p50_over_in_process_p50']}")
-    s = res["streams"]
-    print(f"streaming chat: {s['completed']}/{s['concurrent']} completed, {s['equal_to_sequential']} equal to the "
-          f"sequential answers, wall {s['wall_s']} s (sequential {s['sequential_total_s']} s)")
+    print_streams(res)
     print_faults(fault)
     write_results("server_load", res)
+
+
+def streams_fields(streams: dict) -> dict:
+    return {"streams": streams["batched"], "streams_serial": streams["serial"], "overfull": streams["overfull"]}
+
+
+def print_streams(res: dict) -> None:
+    b, s, o = res["streams"], res["streams_serial"], res["overfull"]
+    print(table(["8 concurrent streams", "completed", "equal to alone", "wall s", "one alone s", "wall ÷ one",
+                 "first token p50 s", "p95 s", "errors"], [
+        [name, r["completed"], r["equal_to_sequential"], r["wall_s"], r["one_stream_s"], r["wall_ratio_vs_one_stream"],
+         r["first_token_p50_s"], r["first_token_p95_s"], r["errors"]]
+        for name, r in (("ragkit, batched (max_batch 8)", b), ("peer: serial (max_batch 1)", s))]))
+    print(f"batched wall ÷ serial wall: {round(b['wall_s'] / s['wall_s'], 2)}")
+    print(f"over-full (1 row, queue 2, {o['clients']} clients at once): {o['completed']} completed, {o['busy_503']} "
+          f"answered 503 (slowest 503 in {o['busy_answer_s_max']} s, Retry-After {o['retry_after']}), "
+          f"{o['errors']} errors")
 
 
 def print_faults(f: dict) -> None:

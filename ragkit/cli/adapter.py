@@ -105,6 +105,8 @@ def eval_(
     llm: str = typer.Option("smollm2", help="The LLM."),
     lora: Optional[str] = typer.Option(None, help="LoRA / full fine-tune of the LLM: the reference for 'gap closed'."),
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here "
+                                          "(perplexity, gap closed and decode speed side by side)."),
     max_tokens: Optional[int] = typer.Option(None, help="Use only the first N tokens of the text."),
     window: int = typer.Option(512, help="Scoring window (tokens)."),
     stride: int = typer.Option(256, help="New tokens scored per window."),
@@ -125,6 +127,10 @@ def eval_(
         if as_json:
             as_json.parent.mkdir(parents=True, exist_ok=True)
             as_json.write_text(json.dumps(r, indent=2) + "\n")
+        if report:
+            from ragkit.report import adapter_report
+
+            out.print(f"wrote {adapter_report(r, f'Domain adapters on {text.name}').write(report)}")
     except (RagkitError, ValueError, OSError) as e:
         _fail(e)
 

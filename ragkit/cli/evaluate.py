@@ -21,6 +21,7 @@ def eval_qa(
                                              "with --adapter: closed,retrieval,knowledge,knowledge_unfiltered)."),
     split: str = typer.Option("test", help="qrels split whose questions are asked."),
     limit: Optional[int] = typer.Option(None, help="Ask only the first N questions."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report (tables, plots) here."),
     explain_tokens: int = typer.Option(48, help="Tokens of free answer generated per question for the groundedness "
                                                 "judge (0: accuracy only)."),
     llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder (backend hf), or the endpoint's model."),
@@ -52,41 +53,61 @@ def eval_qa(
         t.add_row(cond, str(m["questions"]), f"{score:.4f}", f"{m['groundedness']:.4f}" if "groundedness" in m else "-",
                   f"{m['seconds']:.0f}")
     out.print(t)
+    _write(json_out, res)
+    if report:
+        from ragkit.report import qa_report
+
+        _wrote(qa_report(res, f"QA evaluation: {data_dir.name} ({split})").write(report))
+
+
+def _write(json_out: Optional[Path], res: dict) -> None:
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(res, indent=2) + "\n")
         out.print(f"wrote {json_out}")
 
 
+def _wrote(path: Path) -> None:
+    out.print(f"wrote {path}")
+
+
 def eval_(
-    data_dir: Path = typer.Argument(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),
+    data_dirs: list[Path] = typer.Argument(..., help="BEIR folders (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); "
+                                           "several are scored one after another."),
     retrievers: str = typer.Option("bm25,dense,hybrid", help="Comma-separated: bm25, dense, hybrid, colbert, "
                                    "X+colbert_rerank (X's candidates reordered by ColBERT)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file (several "
+                                            "folders: {\"sets\": {name: figures}})."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report (nDCG@10 "
+                                          "per set and retriever, recall@k curves, query latencies) here."),
     split: str = typer.Option("test", help="qrels split to score."),
     fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
     chunk_tokens: int = typer.Option(256, help="Tokens per chunk."),
     overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
 ) -> None:
-    """Score retrievers on a BEIR folder: nDCG@10, R@100, RR@10, index seconds, ms per query."""
+    """Score retrievers on BEIR folders: nDCG@10, R@100, RR@10, index seconds, ms per query."""
     from ragkit.data.chunking import ChunkingConfig
     from ragkit.retrieval.evaluate import evaluate_beir
     from ragkit.retrieval.index import IndexConfig
     from ragkit.retrieval.hybrid import FusionConfig
 
+    sets: dict[str, dict] = {}
     try:
         config = IndexConfig(chunking=ChunkingConfig(chunk_tokens, overlap), fusion=FusionConfig(method=fusion))
-        res = evaluate_beir(data_dir, _split(retrievers), split=split, config=config, show_progress=True)
+        names = _split(retrievers)
+        for data_dir in data_dirs:
+            res = sets[data_dir.name] = evaluate_beir(data_dir, names, split=split, config=config, show_progress=True)
+            t = Table(title=f"{data_dir.name} ({split})")
+            for col in ["retriever", "nDCG@10", "R@100", "RR@10", "index s", "ms/query"]:
+                t.add_column(col, justify="right" if col != "retriever" else "left")
+            for name, m in res.items():
+                t.add_row(name, *(f"{m[c]:.4f}" for c in ("nDCG@10", "R@100", "RR@10")), f"{m['index_s']:.2f}",
+                          f"{m['ms_per_query']:.2f}")
+            out.print(t)
     except (RagkitError, ValueError) as e:
         _fail(e)
-    t = Table(title=f"{data_dir.name} ({split})")
-    for col in ["retriever", "nDCG@10", "R@100", "RR@10", "index s", "ms/query"]:
-        t.add_column(col, justify="right" if col != "retriever" else "left")
-    for name, m in res.items():
-        t.add_row(name, *(f"{m[c]:.4f}" for c in ("nDCG@10", "R@100", "RR@10")), f"{m['index_s']:.2f}",
-                  f"{m['ms_per_query']:.2f}")
-    out.print(t)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(res, indent=2) + "\n")
-        out.print(f"wrote {json_out}")
+    _write(json_out, sets[data_dirs[0].name] if len(data_dirs) == 1 else {"sets": sets})
+    if report:
+        from ragkit.report import retrieval_report
+
+        _wrote(retrieval_report(sets, "Retrieval evaluation", f"split {split} · {', '.join(sets)}").write(report))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import ir_measures
+import numpy as np
 from ir_measures import RR, R, nDCG
 
 from ragkit.runtime import QUERY_THREADS, torch_threads
@@ -23,6 +24,7 @@ from ragkit.retrieval.base import Ranking
 from ragkit.retrieval.hybrid import HybridRetriever
 
 MEASURES = {"nDCG@10": nDCG @ 10, "R@100": R @ 100, "RR@10": RR @ 10}
+RECALL_CURVE = {f"R@{k}": R @ k for k in (1, 5, 10, 20, 50)}  # with R@100: the report's recall@k curve
 MEMBERS = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"], "colbert": ["colbert"]}  # base retrievers
 RERANK = "+colbert_rerank"  # "X+colbert_rerank": X's candidates reordered by ColBERT MaxSim (stored token vectors)
 EVAL_RETRIEVERS = tuple(MEMBERS) + tuple(f"{m}{RERANK}" for m in ("bm25", "dense", "hybrid"))
@@ -115,19 +117,25 @@ def _score(index, queries, qrels, retrievers, k, show_progress, rerank_depth, de
                      if base == "hybrid" else index.retriever(base))
         colbert = index.retrievers["colbert"] if name.endswith(RERANK) else None
         run: dict[str, dict[str, float]] = {}
+        latencies: list[float] = []
         with progress_bar(f"queries ({name})", len(queries), show_progress) as advance:
             start = time.perf_counter()
             for qid, text in queries.items():
+                t0 = time.perf_counter()
                 ranking = retriever.search(text, depth)
                 if colbert is not None:
                     ranking = rerank_ranking(colbert, text, ranking, rerank_depth)
                 run[qid] = best_chunk_per_document(ranking, chunk_to_doc, k)
+                latencies.append((time.perf_counter() - t0) * 1000)
                 advance(1)
             ms = (time.perf_counter() - start) / len(queries) * 1000
-        agg = ir_measures.calc_aggregate(list(MEASURES.values()), qrels, run)
-        results[name] = {m: round(float(agg[v]), 4) for m, v in MEASURES.items()}
+        measures = {**MEASURES, **RECALL_CURVE}
+        agg = ir_measures.calc_aggregate(list(measures.values()), qrels, run)
+        results[name] = {m: round(float(agg[v]), 4) for m, v in measures.items()}
         used = set(members(name))
         shared = index.timings["colbert"] if {"dense", "colbert"} <= used and index._shared_pass() else 0.0
         results[name]["index_s"] = round(t_chunk + sum(index.timings[m] for m in used) - shared, 2)
         results[name]["ms_per_query"] = round(ms, 2)
+        q = np.percentile(latencies, [5, 25, 50, 75, 95]) if latencies else [0.0] * 5
+        results[name]["latency_ms"] = {p: round(float(v), 3) for p, v in zip(("p5", "p25", "p50", "p75", "p95"), q)}
     return results

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,22 +19,20 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 pytest.importorskip("fastapi")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install 'ragkit[dev]')")
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install 'ragkit[dev]')")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from ragkit import Index  # noqa: E402
+from tests.browser import MISSING, chromium  # noqa: E402
 from tests.server.test_server import free_port  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 KEY = "page-test-key"
 QUESTION = "What does the assert statement do?"
 
-if not (os.access(CHROMIUM, os.X_OK) and os.access(DRIVER, os.X_OK)):
-    pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them as root: "
-                "apt-get install chromium chromium-driver)", allow_module_level=True)
+if MISSING:
+    pytest.skip(MISSING, allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +66,7 @@ def served(tmp_path_factory, encoder, topic_docs):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
+    driver = chromium(tmp_path_factory.mktemp("chromium"))
     yield driver
     driver.quit()
 
