@@ -5,7 +5,7 @@ and reranking latency for 100 candidates.
 
 usage: python bench/colbert.py [SET ...] [--force]
 Writes bench/results/colbert_quality.json (after each set, so an interrupted run resumes) and, when
-npl is run, bench/results/colbert_speed.json. Queries run one at a time on one torch thread; corpus
+npl is run, bench/results/colbert_speed.json; colbert_quality.html is the report (ragkit.report). Queries run one at a time on one torch thread; corpus
 encoding uses all cores (one MiniLM pass gives both the dense vectors and ColBERT's token vectors).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, require_datasets, table, write_results  # noqa: E402
+from common import RESULTS, environment, require_datasets, table, write_report, write_results  # noqa: E402
 
 from ragkit.retrieval.evaluate import build_eval_index, score_index  # noqa: E402
 
@@ -115,6 +115,10 @@ def main() -> None:
             prev.update({"set": "npl", "exact": sp, "note": NOTE, "environment": environment()})
             write_results("colbert_speed", prev)
         del index
+    from ragkit.report import retrieval_report
+
+    write_report("colbert_quality", retrieval_report(done, "ColBERT beside BM25, dense and hybrid",
+                                                     "untrained MiniLM ColBERT, exact engine"))
     rows = [[s] + [done[s][r]["nDCG@10"] for r in RETRIEVERS] for s in done]
     summary = summarize(done)
     rows.append(["MEAN"] + [summary[r]["nDCG@10"] for r in RETRIEVERS])

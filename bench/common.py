@@ -65,3 +65,10 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def write_report(name: str, report) -> Path:
+    """Write a `ragkit.report.Report` as bench/results/<name>.html (self-contained: opens offline)."""
+    path = report.write(RESULTS / f"{name}.html")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path

@@ -2,7 +2,7 @@
 beside the baselines of BASELINES.md (bm25s, MiniLM dense) measured on the same machine kind.
 
 usage: python bench/quality.py [SET ...] [--fusion rrf|weighted]
-Writes bench/results/quality.json.
+Writes bench/results/quality.json and quality.html (ragkit.report.retrieval_report).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, read_baselines, require_datasets, table, write_results  # noqa: E402
+from common import environment, read_baselines, require_datasets, table, write_report, write_results  # noqa: E402
 
 from ragkit.retrieval.evaluate import evaluate_beir  # noqa: E402
 from ragkit.retrieval.index import IndexConfig  # noqa: E402
@@ -51,8 +51,20 @@ def main() -> None:
     print("\nnDCG@10 (ragkit vs BASELINES.md)")
     print(table(["set", "bm25", "bm25s base", "Δ", "dense", "MiniLM base", "Δ", "hybrid"], rows))
     print(f"\nhybrid ({args.fusion}) mean − best single retriever mean: {mean['hybrid_minus_best_single']:+.4f}")
-    write_results(args.out, {"fusion": args.fusion, "sets": per_set, "mean_nDCG@10": mean,
-                             "environment": environment()})
+    result = {"fusion": args.fusion, "sets": per_set, "mean_nDCG@10": mean, "environment": environment()}
+    write_results(args.out, result)
+    write_report(args.out, report(result))
+
+
+def report(result: dict):
+    """The HTML report of a quality.json: ragkit's retrievers beside the BASELINES.md rows."""
+    from ragkit.report import retrieval_report
+
+    sets = {name: {("bm25s (BASELINES.md)" if r == "baseline_bm25s" else "MiniLM (BASELINES.md)" if r == "baseline_minilm"
+                    else r): m for r, m in res.items() if m}
+            for name, res in result["sets"].items()}
+    return retrieval_report(sets, "Retrieval quality on the shared BEIR sets",
+                            f"fusion {result['fusion']} · ragkit's bm25, dense and hybrid beside the published baselines")
 
 
 if __name__ == "__main__":

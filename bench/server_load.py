@@ -9,12 +9,13 @@ at a time beforehand (greedy decoding: the texts must be equal).
 
 Streams: each question streamed alone first (the sequential greedy reference and "one stream alone"),
 then all at once, on the batching server (ragkit's default) and on a serial one (max_batch 1, the
-peer); then 12 clients at once against 1 row and a queue of 2 (the rest must get 503 at once).
+peer), with retrieval (k 3: ~900-token prompts, so reading prompts dominates on a CPU) and without
+(short prompts: decoding dominates); then 12 clients at once against 1 row and a queue of 2 (the rest must get 503 at once).
 
 usage: python bench/server_load.py [--index indexes/pydocs] [--clients 50] [--requests 20] [--streams 8]
                                    [--faults-only | --streams-only]   (one phase; other figures are kept)
-Threads: the server decodes on 1 torch thread and runs prefill on 2 (ragkit's policy); concurrent
-generations share one batch, retrieval runs concurrently. Writes bench/results/server_load.json.
+Threads (ragkit's policy): a single decoding row runs on 1 torch thread, prefill and steps of several
+rows on 2; concurrent generations share one batch, retrieval runs concurrently. Writes bench/results/server_load.json.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment, table, write_results  # noqa: E402
 
-THREADS = ("server: decode 1 torch thread, prefill 2 (ragkit's policy); concurrent generations share one "
-           "batch (server.max_batch 8), retrieval concurrent")
+THREADS = ("server: ragkit's policy: a single row decodes on 1 torch thread; prefill and steps of several rows "
+           "on 2; concurrent generations share one batch (server.max_batch 8), retrieval concurrent")
 
 QUERIES = ["how do I read a file line by line", "sort a list of dictionaries by a key", "what is a generator",
            "run a shell command and capture output", "the with statement", "parse command line arguments",
@@ -117,10 +118,11 @@ def retrieve_load(port: int, clients: int, requests: int, k: int) -> dict:
             "requests_per_s": round(len(latencies) / wall, 1), "wall_s": round(wall, 1)}
 
 
-def chat(port: int, question: str, max_tokens: int, stream: bool) -> dict:
+def chat(port: int, question: str, max_tokens: int, stream: bool, retrieval: bool = True) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     body = json.dumps({"model": "ragkit", "messages": [{"role": "user", "content": question}],
-                       "max_tokens": max_tokens, "stream": stream})
+                       "max_tokens": max_tokens, "stream": stream, "stream_options": {"include_usage": True},
+                       **({} if retrieval else {"ragkit": {"retrieval": False}})})
     t0 = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -131,7 +133,7 @@ def chat(port: int, question: str, max_tokens: int, stream: bool) -> dict:
         data = json.loads(resp.read())
         return {"text": data["choices"][0]["message"]["content"], "total_s": time.perf_counter() - t0,
                 "sources": [s["chunk_id"] for s in data["ragkit"]["sources"]]}
-    text, first, sources, done = "", None, [], False
+    text, first, sources, done, prompt_tokens = "", None, [], False, None
     for raw in resp:
         line = raw.decode().strip()
         if not line.startswith("data:"):
@@ -149,8 +151,11 @@ def chat(port: int, question: str, max_tokens: int, stream: bool) -> dict:
             text += delta
         if "ragkit" in event:
             sources = [s["chunk_id"] for s in event["ragkit"]["sources"]]
+        if event.get("usage"):
+            prompt_tokens = event["usage"]["prompt_tokens"]
     conn.close()
-    return {"text": text, "first_s": first, "total_s": time.perf_counter() - t0, "sources": sources, "done": done}
+    return {"text": text, "first_s": first, "total_s": time.perf_counter() - t0, "sources": sources, "done": done,
+            "prompt_tokens": prompt_tokens}
 
 
 def drop_stream(port: int, question: str, max_tokens: int, after_events: int) -> dict:
@@ -221,13 +226,14 @@ def faults(port: int, clients: int, requests: int, k: int, drops: int, chats: in
             "max_tokens": max_tokens}
 
 
-def concurrent_streams(port: int, questions: list[str], max_tokens: int) -> tuple[list[dict], float]:
+def concurrent_streams(port: int, questions: list[str], max_tokens: int,
+                       retrieval: bool = True) -> tuple[list[dict], float]:
     """All `questions` streamed at once, one client thread each: (results, wall seconds)."""
     results: list[dict] = [{}] * len(questions)
 
     def run(i: int) -> None:
         try:
-            results[i] = chat(port, questions[i], max_tokens, stream=True)
+            results[i] = chat(port, questions[i], max_tokens, stream=True, retrieval=retrieval)
         except Exception as e:  # noqa: BLE001 - reported as a failed stream
             results[i] = {"error": f"{type(e).__name__}: {e}"}
 
@@ -242,14 +248,17 @@ def concurrent_streams(port: int, questions: list[str], max_tokens: int) -> tupl
 
 def streams_phase(index: str, questions: list[str], max_tokens: int, overfull: int) -> dict:
     """8 concurrent streams on the batching server vs each alone (the sequential greedy reference), the
-    same on a serial server (max_batch 1: the peer), and an over-full serial server (503, never hangs)."""
+    same on a serial server (max_batch 1: the peer), each with retrieval (k 3: ~900-token prompts) and
+    without (short prompts); then an over-full serial server (503, never hangs)."""
     out: dict = {}
     for mode, batch in (("batched", 8), ("serial", 1)):
         port = free_port()
         server = start_server(index, port, max(max_tokens, 200), max_batch=batch, max_queue=32)
         try:
-            alone = {q: chat(port, q, max_tokens, stream=True) for q in dict.fromkeys(questions)}
-            results, wall = concurrent_streams(port, questions, max_tokens)
+            for retrieval in (True, False):
+                alone = {q: chat(port, q, max_tokens, stream=True, retrieval=retrieval) for q in dict.fromkeys(questions)}
+                results, wall = concurrent_streams(port, questions, max_tokens, retrieval=retrieval)
+                out[(mode, retrieval)] = stream_figures(questions, alone, results, wall, max_tokens)
             if mode == "serial":  # over-full: one row, a queue of 2, `overfull` clients at once
                 server.terminate()
                 server.wait(30)
@@ -265,20 +274,30 @@ def streams_phase(index: str, questions: list[str], max_tokens: int, overfull: i
         finally:
             server.terminate()
             server.wait(30)
-        one = sorted(r["total_s"] for r in alone.values())[len(alone) // 2]
-        firsts = [r["first_s"] for r in results if r.get("first_s")]
-        out[mode] = {
-            "concurrent": len(questions), "completed": sum(1 for r in results if r.get("done")),
-            "equal_to_sequential": sum(1 for q, r in zip(questions, results)
-                                       if r.get("text") == alone[q]["text"] and r.get("sources") == alone[q]["sources"]),
-            "max_tokens": max_tokens, "wall_s": round(wall, 2), "one_stream_s": round(one, 2),
-            "wall_ratio_vs_one_stream": round(wall / one, 2),
-            "sequential_total_s": round(sum(r["total_s"] for r in alone.values()), 2),
-            "first_token_p50_s": round(pct(firsts, 0.5), 2) if firsts else None,
-            "first_token_p95_s": round(pct(firsts, 0.95), 2) if firsts else None,
-            "errors": sum(1 for r in results if r.get("error") or r.get("busy")),
-            "error_examples": [r.get("error") for r in results if r.get("error")][:3]}
     return out
+
+
+def stream_figures(questions: list[str], alone: dict, results: list[dict], wall: float, max_tokens: int) -> dict:
+    """One concurrent-streams run against the same questions streamed alone."""
+    one = sorted(r["total_s"] for r in alone.values())[len(alone) // 2]
+    first_alone = sorted(r["first_s"] for r in alone.values() if r.get("first_s"))
+    firsts = [r["first_s"] for r in results if r.get("first_s")]
+    prompts = [r["prompt_tokens"] for r in alone.values() if r.get("prompt_tokens")]
+    first_alone_p50 = first_alone[len(first_alone) // 2] if first_alone else None
+    return {
+        "concurrent": len(questions), "completed": sum(1 for r in results if r.get("done")),
+        "equal_to_sequential": sum(1 for q, r in zip(questions, results)
+                                   if r.get("text") == alone[q]["text"] and r.get("sources") == alone[q]["sources"]),
+        "max_tokens": max_tokens, "prompt_tokens_mean": round(sum(prompts) / len(prompts)) if prompts else None,
+        "wall_s": round(wall, 2), "one_stream_s": round(one, 2), "wall_ratio_vs_one_stream": round(wall / one, 2),
+        "one_stream_first_token_s": round(first_alone_p50, 2) if first_alone_p50 else None,
+        # the ratio if decoding cost nothing: every prompt is still read once, one after another
+        "prefill_only_ratio": round(len(questions) * first_alone_p50 / one, 2) if first_alone_p50 else None,
+        "sequential_total_s": round(sum(r["total_s"] for r in alone.values()), 2),
+        "first_token_p50_s": round(pct(firsts, 0.5), 2) if firsts else None,
+        "first_token_p95_s": round(pct(firsts, 0.95), 2) if firsts else None,
+        "errors": sum(1 for r in results if r.get("error") or r.get("busy")),
+        "error_examples": [r.get("error") for r in results if r.get("error")][:3]}
 
 
 def main() -> None:
@@ -363,17 +382,24 @@ def main() -> None:
 
 
 def streams_fields(streams: dict) -> dict:
-    return {"streams": streams["batched"], "streams_serial": streams["serial"], "overfull": streams["overfull"]}
+    return {"streams": streams[("batched", True)], "streams_serial": streams[("serial", True)],
+            "streams_no_retrieval": streams[("batched", False)], "streams_no_retrieval_serial": streams[("serial", False)],
+            "overfull": streams["overfull"]}
 
 
 def print_streams(res: dict) -> None:
-    b, s, o = res["streams"], res["streams_serial"], res["overfull"]
-    print(table(["8 concurrent streams", "completed", "equal to alone", "wall s", "one alone s", "wall ÷ one",
-                 "first token p50 s", "p95 s", "errors"], [
-        [name, r["completed"], r["equal_to_sequential"], r["wall_s"], r["one_stream_s"], r["wall_ratio_vs_one_stream"],
-         r["first_token_p50_s"], r["first_token_p95_s"], r["errors"]]
-        for name, r in (("ragkit, batched (max_batch 8)", b), ("peer: serial (max_batch 1)", s))]))
-    print(f"batched wall ÷ serial wall: {round(b['wall_s'] / s['wall_s'], 2)}")
+    o = res["overfull"]
+    runs = (("ragkit, batched, retrieval k 3", "streams"), ("peer: serial, retrieval k 3", "streams_serial"),
+            ("ragkit, batched, no retrieval", "streams_no_retrieval"),
+            ("peer: serial, no retrieval", "streams_no_retrieval_serial"))
+    print(table(["8 concurrent streams", "prompt tokens", "completed", "equal to alone", "wall s", "one alone s",
+                 "wall ÷ one", "prefill-only ratio", "first token p50 s", "p95 s", "errors"], [
+        [name, r["prompt_tokens_mean"], r["completed"], r["equal_to_sequential"], r["wall_s"], r["one_stream_s"],
+         r["wall_ratio_vs_one_stream"], r["prefill_only_ratio"], r["first_token_p50_s"], r["first_token_p95_s"],
+         r["errors"]] for name, key in runs for r in [res[key]]]))
+    for label, b, s in (("retrieval k 3", res["streams"], res["streams_serial"]),
+                        ("no retrieval", res["streams_no_retrieval"], res["streams_no_retrieval_serial"])):
+        print(f"{label}: batched wall ÷ serial wall {round(b['wall_s'] / s['wall_s'], 2)}")
     print(f"over-full (1 row, queue 2, {o['clients']} clients at once): {o['completed']} completed, {o['busy_503']} "
           f"answered 503 (slowest 503 in {o['busy_answer_s_max']} s, Retry-After {o['retry_after']}), "
           f"{o['errors']} errors")
