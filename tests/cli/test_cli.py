@@ -64,7 +64,10 @@ def test_eval_reproduces_the_adi_baselines(tmp_path, dataset):
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert set(res) == {"bm25", "dense", "hybrid"}
-    assert set(res["bm25"]) == {"nDCG@10", "R@100", "RR@10", "index_s", "ms_per_query"}
+    recalls = {f"R@{k}" for k in (1, 5, 10, 20, 50, 100)}
+    assert set(res["bm25"]) == {"nDCG@10", "RR@10", "index_s", "ms_per_query", "latency_ms"} | recalls
+    r_at = [res["bm25"][f"R@{k}"] for k in (1, 5, 10, 20, 50, 100)]
+    assert r_at == sorted(r_at) and 0 < r_at[0] < r_at[-1] <= 1  # recall grows with k
     assert res["bm25"]["nDCG@10"] >= 0.4938 - 0.005
     assert res["dense"]["nDCG@10"] >= 0.4975 - 0.005
     assert res["hybrid"]["nDCG@10"] > max(res["bm25"]["nDCG@10"], res["dense"]["nDCG@10"])
