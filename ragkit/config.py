@@ -43,7 +43,7 @@ class RetrievalConfig:
 class LLMConfig:
     backend: str = "hf"           # hf (local transformers) or openai (an OpenAI-compatible endpoint)
     model: str = "default"
-    dtype: str = "float32"
+    dtype: str = "auto"           # auto (float32 under 300M parameters, else int8), float32, bfloat16, int8
     threads: int | None = 1       # torch threads while decoding (one: see ragkit.generation.llm.hf)
     prefill_threads: int | None = 2  # torch threads for the prompt's forward pass
     base_url: str = ""

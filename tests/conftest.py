@@ -1,7 +1,7 @@
 """Shared fixtures: each real packaged model loaded once per session (MiniLM encoder, SmolLM2, the
 default ColBERT), a real text corpus, data-set paths.
 
-Markers (registered in pyproject.toml): `slow` (over ~5 s), `plaid`, `datasets`, `gemma`, `browser`, `report`;
+Markers (registered in pyproject.toml): `slow` (over ~5 s), `plaid`, `datasets`, `gemma`, `qwen`, `browser`, `report`;
 `make check` runs the rest, `make test` runs everything."""
 from __future__ import annotations
 

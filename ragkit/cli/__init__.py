@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from ragkit.cli import answer, evaluate, index, serve
+from ragkit.cli import answer, evaluate, index, models, serve
 from ragkit.cli.adapter import adapter_app
 from ragkit.cli.colbert import app as colbert_app
 from ragkit.cli.console import _quiet_libraries
@@ -32,6 +32,7 @@ app.command()(answer.chat)
 app.command("eval-qa")(evaluate.eval_qa)
 app.command("eval")(evaluate.eval_)
 app.command()(serve.serve)
+app.command()(models.prepare)
 app.add_typer(colbert_app, name="colbert")
 app.add_typer(adapter_app, name="adapter")
 

@@ -23,7 +23,7 @@ BACKENDS = {  # llm.backend -> "module:Class"
 MODEL_KINDS = ("lora", "full", "distill")  # adapter kinds that are model folders
 
 
-def load_llm(spec: Any = "default", *, dtype: str = "float32", threads: int | None = 1,
+def load_llm(spec: Any = "default", *, dtype: str = "auto", threads: int | None = 1,
              prefill_threads: int | None = 2):
     """An LLM backend: an `LLM` is returned as is; an `LLMConfig` picks its backend; anything else
     is a model reference loaded as a local `HFCausalLM` (see the module docstring)."""
@@ -119,7 +119,54 @@ def _model_dir(folder: Path) -> Path | None:
 
 
 def load_causal_lm(ref: str | Path, dtype: str = "float32") -> tuple[Any, Any, str]:
-    """(model, tokenizer, name) for any model reference (see the module docstring)."""
+    """(model, tokenizer, name) for any model reference (see the module docstring), in weight format
+    `dtype` (see `ragkit.generation.quantize`: float32, bfloat16, int8, or auto by size)."""
+    from ragkit.generation.quantize import check_dtype, quantize_int8, resolve_dtype
+
+    check_dtype(dtype)
+    fmt = dtype
+    if dtype == "auto":
+        fmt = resolve_dtype(dtype, _param_count(ref))
+    model, tok, name = _load_causal_lm(ref, "bfloat16" if fmt == "int8" else fmt)
+    return (quantize_int8(model) if fmt == "int8" else model), tok, name
+
+
+def _param_count(ref: str | Path) -> int | None:
+    """Parameters of the model `ref` names, from its safetensors headers (None when unknown)."""
+    from ragkit.generation.llm.hf import resolve_llm
+
+    ref_s = str(ref)
+    if is_model_adapter(ref_s):
+        from ragkit.adaptation.base import read_adapter_manifest
+
+        m = read_adapter_manifest(ref_s)
+        return _param_count(m["base_model"]) if m["kind"] == "lora" else _folder_params(Path(ref_s))
+    if os.path.isdir(ref_s):
+        d = _model_dir(Path(ref_s))
+        return _folder_params(d) if d is not None and (d / "config.json").is_file() else None
+    target = resolve_llm(ref_s)[1]
+    return _folder_params(Path(target)) if os.path.isdir(target) else None
+
+
+def _folder_params(folder: Path) -> int | None:
+    import struct
+
+    total = 0
+    files = sorted(folder.glob("*.safetensors"))
+    for f in files:
+        with f.open("rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for key, meta in header.items():
+            if key != "__metadata__":
+                n = 1
+                for dim in meta["shape"]:
+                    n *= dim
+                total += n
+    return total or None
+
+
+def _load_causal_lm(ref: str | Path, dtype: str) -> tuple[Any, Any, str]:
+    """`load_causal_lm` in a torch dtype (float32 / bfloat16), before any quantisation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,7 +180,7 @@ def load_causal_lm(ref: str | Path, dtype: str = "float32") -> tuple[Any, Any, s
         verify_adapter_files(ref_s, m)  # a damaged weight file: an AdapterError naming it, not a torch error
         try:
             if m["kind"] == "lora":
-                base, tok, _ = load_causal_lm(m["base_model"], dtype)
+                base, tok, _ = _load_causal_lm(m["base_model"], dtype)
                 model = merge_lora(base, ref_s)
             else:
                 tok = AutoTokenizer.from_pretrained(ref_s)
@@ -150,7 +197,7 @@ def load_causal_lm(ref: str | Path, dtype: str = "float32") -> tuple[Any, Any, s
                                  "(config.json) nor a peft adapter (adapter_config.json)")
         if (model_dir / "adapter_config.json").is_file():  # a bare peft LoRA folder
             base = _lora_base(Path(ref_s), model_dir)
-            model, tok, name = load_causal_lm(base, dtype)
+            model, tok, name = _load_causal_lm(base, dtype)
             try:
                 return merge_lora(model, model_dir).eval(), tok, f"{name}+{Path(ref_s).name}"
             except AdapterError:

