@@ -57,6 +57,17 @@ def rss_gib() -> float:
     return float("nan")
 
 
+def weights_gib(model) -> float:
+    """Bytes of the model's parameters and buffers (the peer's packed int8 weights are not tensors
+    torch lists, so its figure counts only what stays unquantised)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total / 2**30
+
+
 def load(model_name: str, fmt: str):
     from ragkit.generation.loader import load_causal_lm
 
@@ -79,21 +90,22 @@ def measure(model, prompt: list[int], heldout: list[int], threads: int, new_toke
     from ragkit.generation.llm.hf import cache_kwarg
     from ragkit.runtime import torch_threads
 
+    from transformers import DynamicCache
+
     kw = cache_kwarg(model)
     ids = torch.tensor([prompt])
     with torch_threads(threads), torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the peer's quantized ops warn on every call
         model(input_ids=ids[:, :16])  # warm-up
+        cache = DynamicCache(config=model.config)
         t = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kw: cache})
         prefill_s = time.perf_counter() - t
-        cache = out.past_key_values
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         generated = [int(token)]
         t = time.perf_counter()
         for _ in range(new_tokens - 1):
-            out = model(input_ids=token, use_cache=True, **{kw: cache})
-            cache = out.past_key_values
+            out = model(input_ids=token, use_cache=True, **{kw: cache})  # the cache grows in place
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             generated.append(int(token))
         decode_s = time.perf_counter() - t
@@ -139,7 +151,7 @@ def main() -> None:
             t = time.perf_counter()
             model, tok = load(model_name, fmt)
             row = {"model": model_id, "params": n_params, "format": fmt, "load_s": round(time.perf_counter() - t, 1),
-                   "rss_gib": round(rss_gib(), 2), "threads": {}}
+                   "weights_gib": round(weights_gib(model), 2), "rss_gib_process": round(rss_gib(), 2), "threads": {}}
             prompt, heldout = texts(tok, args.prompt_tokens)
             row["prompt_tokens"], row["heldout_tokens"] = len(prompt), len(heldout)
             for threads in [int(x) for x in args.threads.split(",")]:
@@ -168,7 +180,7 @@ def summarise(res: dict, new_tokens: int) -> None:
                 m["greedy_equal_to_float32"] = next((i for i, (a, b) in enumerate(zip(g, r)) if a != b), len(g))
                 m["ppl_vs_float32"] = round(m["heldout_ppl"] / ref["threads"][threads]["heldout_ppl"], 4)
             rows.append([model_name, fmt, threads, row["prompt_tokens"], m["prefill_tokens_per_s"], m["decode_tokens_per_s"],
-                         m.get("ppl_vs_float32", ""), m.get("greedy_equal_to_float32", ""), row["rss_gib"], row["load_s"]])
+                         m.get("ppl_vs_float32", ""), m.get("greedy_equal_to_float32", ""), row.get("weights_gib", ""), row["load_s"]])
     for model_name in sorted({k.split("/")[0] for k in res["runs"]}):
         ok = {k.split("/")[1]: r for k, r in res["runs"].items() if k.startswith(model_name + "/")
               and "1" in r["threads"] and r["threads"]["1"].get("ppl_vs_float32", 1.0) <= 1.02}
@@ -184,7 +196,7 @@ def summarise(res: dict, new_tokens: int) -> None:
                         r["threads"]["1"]["decode_tokens_per_s"] / ref["threads"]["1"]["decode_tokens_per_s"], 2)
     res["best"] = best
     print(table(["model", "format", "threads", "prompt", "prefill tok/s", "decode tok/s", "ppl ÷ fp32",
-                 f"greedy = fp32 (of {new_tokens})", "RSS GiB", "load s"], rows))
+                 f"greedy = fp32 (of {new_tokens})", "weights GiB", "load s"], rows))
     for m, b in best.items():
         print(f"{m}: fastest decode on 1 thread within 2% of float32 perplexity: {b['fastest_decode_1_thread']}; "
               f"ragkit auto picks {b['ragkit_auto']}; decode speed-up vs float32: {b.get('decode_speedup_vs_float32_1_thread')}")

@@ -51,6 +51,7 @@ class LLMConfig:
     timeout: float = 60.0
     retries: int = 2
     context_window: int | None = None  # override the model's own
+    draft: str | None = None      # a smaller sibling (same tokenizer) for speculative decoding, e.g. qwen2.5-coder-0.5b
 
 
 @dataclass

@@ -20,12 +20,13 @@ def ask(
     retriever: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
     llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder (backend hf), or the endpoint's model."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer, in tokens."),
+    draft: Optional[str] = typer.Option(None, help="A smaller sibling of the LLM that drafts tokens (speculative decoding, greedy answers), e.g. qwen2.5-coder-0.5b."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole answer (text, sources, citations) as JSON."),
     adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a", help="Domain adapter (name under adapters/ or folder); repeat to stack. Added after the config's adapters."),
 ) -> None:
     """Answer a question from an index with an LLM, streaming the answer, then its cited sources."""
     try:
-        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapter)
+        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapter, draft)
         stream = pipeline.stream(question)
         for piece in stream:
             if not as_json:
@@ -39,7 +40,7 @@ def ask(
     _print_sources(answer)
 
 
-def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapters=None):
+def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapters=None, draft=None):
     """A Pipeline from an optional YAML file plus command-line overrides."""
     from ragkit.generation.pipeline import Pipeline
 
@@ -54,6 +55,8 @@ def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapter
         config.llm.model = llm
     if max_new_tokens:
         config.generation.max_new_tokens = max_new_tokens
+    if draft:
+        config.llm.draft = draft
     with err.status("loading index and model"):
         return Pipeline.from_config(config)
 

@@ -54,6 +54,11 @@ def _from_config(config) -> Any:
         llm = OpenAICompatLLM(config.base_url, config.model, config.api_key_env, config.timeout, config.retries)
     if config.context_window:
         llm.context_window = config.context_window
+    if config.draft:
+        if config.backend != "hf":
+            raise RagkitError("llm.draft (speculative decoding) needs a local model: backend 'hf'")
+        llm.attach_draft(load_llm(config.draft, dtype=config.dtype, threads=config.threads,
+                                  prefill_threads=config.prefill_threads))
     return llm
 
 

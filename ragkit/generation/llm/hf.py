@@ -185,6 +185,7 @@ class HFCausalLM(LLM):
         self.logits_adapters: list = []
         self.activity = DecodeActivity()
         self.batcher = None  # a DecodeBatcher once `enable_batching` is called (the server does)
+        self.draft: HFCausalLM | None = None  # a small sibling that drafts tokens (`attach_draft`)
         self.max_queue: int | None = None  # with batching on: how many generations may wait (serial path too)
 
     @classmethod
@@ -219,6 +220,24 @@ class HFCausalLM(LLM):
         if self.logits_adapters:
             info.update(mode="serial", reason="white-box adapters are attached: they run one generation at a time")
         return info
+
+    def attach_draft(self, draft: "HFCausalLM | None", draft_tokens: int = 6) -> None:
+        """Speculative decoding: `draft` (a smaller model with the same tokenizer) proposes
+        `draft_tokens` tokens at a time and this model checks them in one forward pass
+        (transformers' assisted generation). Greedy generations only, on the serial path and without
+        white-box adapters (with them attached, decoding is the usual one); the text is this model's
+        own greedy text. None detaches it."""
+        if draft is not None:
+            probe = "def f(x):\n    return x ** 2  # speculative décodage"
+            if len(draft.tokenizer) != len(self.tokenizer) or draft.tokenizer.encode(probe) != self.tokenizer.encode(probe):
+                raise ModelLoadError(f"draft model {draft.model_id} does not share {self.model_id}'s tokenizer: "
+                                     "speculative decoding needs the same vocabulary (a smaller sibling)")
+            gc = draft.model.generation_config  # a fixed draft length: 6 beat transformers' adaptive schedule here
+            gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold = draft_tokens, "constant", 0.0
+        self.draft = draft
+
+    def _speculative(self, config: GenerationConfig) -> bool:
+        return self.draft is not None and config.temperature <= 0 and not self.logits_adapters
 
     def _batched(self, ids) -> bool:
         return self.batcher is not None and not self.logits_adapters and ids.shape[1] >= 2
@@ -279,8 +298,11 @@ class HFCausalLM(LLM):
             from transformers import LogitsProcessorList
 
             kw["logits_processor"] = LogitsProcessorList([a.logits_processor(self) for a in self.logits_adapters])
-        cache = self._prefill(ids)
-        if cache is not None:
+        if self._speculative(config):
+            # transformers' assisted generation prefills both models itself: with a KV cache passed
+            # in, its drafts went wrong (measured: other text, slower), so none is passed
+            kw["assistant_model"] = self.draft.model
+        elif (cache := self._prefill(ids)) is not None:
             kw[cache_kwarg(self.model)] = cache
         kw.update(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
                   pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
