@@ -32,6 +32,22 @@ def load_set(name: str):
     return load_beir_corpus(data), list(load_beir_judged(data)[0].values())
 
 
+def pydocs_generation_args(ap) -> object:
+    """`--index` (default the demo's indexes/pydocs), `--max-new-tokens`, `-k`, parsed; exits with
+    the fix when the index is missing."""
+    ap.add_argument("--index", default=str(ROOT / "indexes" / "pydocs"))
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("-k", type=int, default=3)
+    args = ap.parse_args()
+    require_index(args.index)
+    return args
+
+
+def require_index(index: str) -> None:
+    if not (Path(index) / "manifest.json").exists():
+        sys.exit(f"no index at {index}: run `make demo` first (it builds indexes/pydocs) or pass --index")
+
+
 def read_baselines(path: Path) -> dict[tuple[str, str], dict[str, float]]:
     """Rows of BASELINES.md's results table: {(set, system): {nDCG@10, R@100, RR@10}}."""
     rows = {}

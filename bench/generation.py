@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, environment, table, write_results  # noqa: E402
+from common import environment, pydocs_generation_args, table, write_results  # noqa: E402
 
 import torch  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
@@ -46,13 +46,7 @@ class FirstToken(BaseStreamer):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--index", default=str(ROOT / "indexes" / "pydocs"))
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("-k", type=int, default=3)
-    args = ap.parse_args()
-    if not (Path(args.index) / "manifest.json").exists():
-        sys.exit(f"no index at {args.index}: run `make demo` first (it builds indexes/pydocs) or pass --index")
+    args = pydocs_generation_args(argparse.ArgumentParser())
     config = PipelineConfig(index=args.index)
     config.retrieval.k = args.k
     config.generation = GenerationConfig(max_new_tokens=args.max_new_tokens)

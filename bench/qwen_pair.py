@@ -1,14 +1,25 @@
 """The Qwen2.5-Coder pair: the 1.5B as the LLM, the 0.5B as its small sibling.
 
     python bench/qwen_pair.py speculative [--index indexes/pydocs] [--max-new-tokens 64] [-k 3]
+    python bench/qwen_pair.py cascade [--limit 200] [--train-limit 100] [-k 3]
 
 Phase `speculative`: the pydocs questions of bench/generation.py, each prompt built by the pipeline
 (retrieval k 3, the same prompt both ways); greedy answers of the 1.5B alone (the peer: its own
-decoding) and of the 1.5B with the 0.5B drafting (`HFCausalLM.attach_draft`: transformers' assisted
-generation). Tokens/s = answer tokens / generate wall time (prefill included, both ways); `identical`
-is true when every answer's tokens equal the 1.5B's own. Both models in ragkit's `auto` format
-(int8 decode at these sizes). Thread policy: ragkit's (prompt prefill on 2 torch threads, decoding
-on 1). Results merge into bench/results/qwen_pair.json under the phase's key.
+decoding) and of the 1.5B with the 0.5B drafting (`HFCausalLM.attach_draft`: ragkit's own loop,
+`ragkit.generation.llm.speculative`). Tokens/s = answer tokens / generate wall time (prefill
+included). The peer is the 1.5B's own decoding, with its default attention (SDPA) and with the eager
+attention a draft switches on; `identical` is true when every drafted answer equals the latter. Both models in ragkit's `auto` format
+(int8 decode at these sizes). Thread policy: ragkit's (prompt prefill and multi-token checks on 2 torch
+threads, single decode steps and drafting on 1). 
+Phase `cascade`: PubMedQA (pubmedqa_labeled, yes/no/maybe read from the next token as `ragkit
+eval-qa` does, BM25 retrieval k 3, the same hits for both models): the 0.5B answers; when its top
+label's probability is under a threshold the 1.5B answers instead. The threshold is chosen on
+`--train-limit` train questions (the lowest escalation rate keeping 95% of the 1.5B's train
+accuracy), then read on `--limit` test questions: accuracy and compute (parameters × prompt tokens,
+and measured seconds) as fractions of the 1.5B alone, the accuracy-compute curve, and an exact
+McNemar test against the 1.5B on the same questions.
+
+Results merge into bench/results/qwen_pair.json under the phase's key.
 """
 from __future__ import annotations
 
@@ -19,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, environment, table, write_results  # noqa: E402
+from common import RESULTS, environment, pydocs_generation_args, table, write_results  # noqa: E402
 from generation import QUESTIONS  # noqa: E402
 
 
@@ -42,44 +53,173 @@ def speculative(args) -> dict:
     for q in QUESTIONS:
         prompt = pipe.stream(q).messages  # the very prompt ragkit sends (retrieval k 3)
         res = {}
-        for mode in ("alone", "drafted"):
+        for mode in ("alone", "alone_eager", "drafted"):
             big.attach_draft(small if mode == "drafted" else None)
+            big.step_attention = "eager" if mode != "alone" else None
             t = time.perf_counter()
             out = big.generate(prompt, gen)
             wall = time.perf_counter() - t
             res[mode] = {"text": out.text, "tokens": out.completion_tokens, "s": round(wall, 2),
                          "tokens_per_s": round(out.completion_tokens / wall, 2), "prompt_tokens": out.prompt_tokens}
+            if mode == "drafted":
+                stats = dict(big.draft_stats)
         big.attach_draft(None)
-        same = res["alone"]["text"] == res["drafted"]["text"]
-        per_q.append({"question": q, **res, "identical": same})
+        same = res["alone_eager"]["text"] == res["drafted"]["text"]
+        per_q.append({"question": q, **res, "identical": same, "draft_stats": stats,
+                      "identical_to_default_kernels": res["alone"]["text"] == res["drafted"]["text"]})
         rows.append([q[:40], res["alone"]["prompt_tokens"], res["alone"]["tokens"], res["alone"]["tokens_per_s"],
-                     res["drafted"]["tokens_per_s"], round(res["drafted"]["tokens_per_s"] / res["alone"]["tokens_per_s"], 2), same])
+                     res["alone_eager"]["tokens_per_s"], res["drafted"]["tokens_per_s"],
+                     round(res["drafted"]["tokens_per_s"] / res["alone"]["tokens_per_s"], 2), same,
+                     per_q[-1]["identical_to_default_kernels"]])
         print(rows[-1], flush=True)
-    alone = sum(p["alone"]["tokens"] for p in per_q) / sum(p["alone"]["s"] for p in per_q)
-    drafted = sum(p["drafted"]["tokens"] for p in per_q) / sum(p["drafted"]["s"] for p in per_q)
-    print(table(["question", "prompt tokens", "answer tokens", "1.5B alone tok/s", "drafted by 0.5B tok/s", "speed-up", "identical"], rows))
-    print(f"all questions: {alone:.2f} vs {drafted:.2f} tokens/s, speed-up {drafted / alone:.2f}; "
+
+    def rate(mode: str) -> float:
+        return sum(p[mode]["tokens"] for p in per_q) / sum(p[mode]["s"] for p in per_q)
+
+    alone, eager, drafted = rate("alone"), rate("alone_eager"), rate("drafted")
+    print(table(["question", "prompt tokens", "answer tokens", "1.5B alone tok/s", "alone, eager steps tok/s",
+                 "drafted by 0.5B tok/s", "speed-up vs alone", "identical (eager steps)", "identical (default)"], rows))
+    print(f"all questions: alone {alone:.2f}, alone with eager steps {eager:.2f}, drafted {drafted:.2f} tokens/s: "
+          f"speed-up {drafted / alone:.2f} (vs eager steps {drafted / eager:.2f}); "
           f"identical {sum(p['identical'] for p in per_q)}/{len(per_q)}")
     return {"speedup": round(drafted / alone, 3), "identical": all(p["identical"] for p in per_q),
-            "tokens_per_s_alone": round(alone, 2), "tokens_per_s_drafted": round(drafted, 2),
-            "method": "transformers assisted generation (HFCausalLM.attach_draft); greedy; no white-box adapters",
+            "speedup_vs_eager_steps": round(drafted / eager, 3),
+            "identical_to_default_kernels": sum(p["identical_to_default_kernels"] for p in per_q),
+            "tokens_per_s_alone": round(alone, 2), "tokens_per_s_alone_eager_steps": round(eager, 2),
+            "tokens_per_s_drafted": round(drafted, 2),
+            "method": ("ragkit's own loop (ragkit.generation.llm.speculative): the 0.5B drafts up to "
+                       f"{big.draft_tokens} tokens, stopping after one under {big.draft_confidence} probability; "
+                       "the 1.5B checks them in one pass; greedy; no white-box adapters"),
+            "draft_settings_chosen_on": "3 pydocs questions that are not the bench's (K 6/8/10, confidence 0/0.4/0.5/0.6)",
+            "acceptance": {k: sum(p["draft_stats"][k] for p in per_q) for k in ("checks", "proposed", "kept")},
+            "identical_means": ("the drafted text equals the 1.5B's own greedy text with the same decode kernels "
+                                "(eager attention, which a draft switches on); speedup is against the 1.5B's default "
+                                "decoding (SDPA attention)"),
             "formats": {"llm": "int8 (auto)", "draft": "int8 (auto)"}, "k": args.k,
             "max_new_tokens": args.max_new_tokens, "load_s": round(load_s, 1),
-            "thread_policy": "prefill on 2 torch threads, decoding (and drafting) on 1", "questions": per_q}
+            "thread_policy": "prompt prefill and multi-token checks on 2 torch threads, single steps and drafting on 1",
+            "questions": per_q}
+
+
+def label_probs(pipeline, question: str, hits, label_ids) -> tuple[dict, float, int]:
+    """The LLM's probability of each label word (softmax over the label scores `classify` ranks
+    by) for one question, the seconds of its one forward pass, and the prompt's tokens."""
+    import torch
+
+    from ragkit.generation.evaluate import LABEL_PROMPT, LABELS
+    from ragkit.generation.llm import GenerationConfig
+
+    messages = pipeline.prepare(LABEL_PROMPT.format(question=question), hits, GenerationConfig(max_new_tokens=8)).messages
+    t = time.perf_counter()
+    logits = pipeline.llm.next_token_logits(messages)
+    seconds = time.perf_counter() - t
+    scores = torch.tensor([float(torch.logsumexp(logits[label_ids[lab]], 0)) for lab in LABELS])
+    probs = torch.softmax(scores, 0).tolist()
+    return dict(zip(LABELS, probs)), seconds, int(pipeline.llm.encode_prompt(messages).shape[1])
+
+
+def cascade(args) -> dict:
+    """The 0.5B answers each PubMedQA question (yes/no/maybe, retrieval on); when its top label's
+    probability is under a threshold the 1.5B answers instead. The threshold is chosen on train
+    questions (the user's own labelled data): the lowest escalation rate whose train accuracy is at
+    least 95% of the 1.5B's; test figures are then read at that threshold."""
+    from scipy.stats import binomtest
+
+    from ragkit.config import PipelineConfig
+    from ragkit.data.corpus import load_beir_corpus, load_beir_judged
+    from ragkit.generation.evaluate import _label_token_ids, load_answers
+    from ragkit.generation.llm.hf import HFCausalLM
+    from ragkit.generation.pipeline import Pipeline
+    from ragkit.retrieval.index import Index, IndexConfig
+    from common import require_datasets
+
+    data = require_datasets() / "pubmedqa_labeled"
+    answers = load_answers(data)
+    index = Index.build(load_beir_corpus(data), IndexConfig(retrievers=["bm25"]))
+    models = {"small": HFCausalLM.from_pretrained("qwen2.5-coder-0.5b"), "big": HFCausalLM.from_pretrained("qwen2.5-coder-1.5b")}
+    params = {name: sum(p.numel() for p in llm.model.parameters() if p.dtype != __import__("torch").int8)
+              for name, llm in models.items()}
+    config = PipelineConfig()
+    config.retrieval.k = args.k
+    pipes = {name: Pipeline(index, llm, config) for name, llm in models.items()}
+    label_ids = _label_token_ids(models["small"].tokenizer)
+    splits = {}
+    for split, limit in (("train", args.train_limit), ("test", args.limit)):
+        judged, _ = load_beir_judged(data, split)
+        rows = []
+        for qid, question in list(judged.items())[:limit]:
+            hits = pipes["small"].retrieve(question)
+            row = {"id": qid, "gold": answers[qid]["final_decision"]}
+            for name, pipe in pipes.items():
+                probs, seconds, tokens = label_probs(pipe, question, hits, label_ids)
+                row[name] = {"label": max(probs, key=probs.get), "confidence": max(probs.values()),
+                             "s": round(seconds, 3), "prompt_tokens": tokens}
+            rows.append(row)
+            if len(rows) % 20 == 0:
+                print(split, len(rows), flush=True)
+        splits[split] = rows
+
+    def at(rows, threshold):
+        """(accuracy, compute ratio by parameters x prompt tokens, seconds ratio, escalated share)."""
+        correct = flops = secs = escalated = 0
+        big_flops = sum(params["big"] * r["big"]["prompt_tokens"] for r in rows)
+        big_secs = sum(r["big"]["s"] for r in rows)
+        for r in rows:
+            up = r["small"]["confidence"] < threshold
+            escalated += up
+            chosen = r["big" if up else "small"]
+            correct += chosen["label"] == r["gold"]
+            flops += params["small"] * r["small"]["prompt_tokens"] + (params["big"] * r["big"]["prompt_tokens"] if up else 0)
+            secs += r["small"]["s"] + (r["big"]["s"] if up else 0)
+        n = len(rows)
+        return correct / n, flops / big_flops, secs / big_secs, escalated / n
+
+    def accuracy(rows, name):
+        return sum(r[name]["label"] == r["gold"] for r in rows) / len(rows)
+
+    thresholds = sorted({0.0, 1.01} | {round(r["small"]["confidence"] + 1e-9, 6) for r in splits["train"]})
+    train_big = accuracy(splits["train"], "big")
+    ok = [t for t in thresholds if at(splits["train"], t)[0] >= 0.95 * train_big]
+    chosen = min(ok, key=lambda t: at(splits["train"], t)[3]) if ok else 1.01
+    test = splits["test"]
+    acc, compute, secs, escalated = at(test, chosen)
+    big_acc, small_acc = accuracy(test, "big"), accuracy(test, "small")
+    curve = []
+    for t in (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.01):
+        a, c, sec, e = at(test, t)
+        curve.append({"threshold": t, "accuracy": round(a, 4), "compute_ratio": round(c, 4), "seconds_ratio": round(sec, 4),
+                      "escalated": round(e, 4)})
+    # paired test, cascade vs the 1.5B alone on the same questions (exact McNemar: a binomial test on the discordant pairs)
+    casc_right = [(r["big"] if r["small"]["confidence"] < chosen else r["small"])["label"] == r["gold"] for r in test]
+    big_right = [r["big"]["label"] == r["gold"] for r in test]
+    b = sum(c and not g for c, g in zip(casc_right, big_right))
+    c_ = sum(g and not c for c, g in zip(casc_right, big_right))
+    p_value = binomtest(b, b + c_, 0.5).pvalue if b + c_ else 1.0
+    rows = [[f"{t['threshold']:.2f}", t["accuracy"], t["compute_ratio"], t["seconds_ratio"], t["escalated"]] for t in curve]
+    print(table(["threshold (0.5B confidence)", "accuracy", "compute ÷ 1.5B", "seconds ÷ 1.5B", "escalated"], rows))
+    print(f"test, {len(test)} questions: 0.5B {small_acc:.3f}, 1.5B {big_acc:.3f}, cascade at {chosen:.3f} (chosen on "
+          f"{len(splits['train'])} train questions) {acc:.3f} = {acc / big_acc:.3f} of the 1.5B at {compute:.3f} of its "
+          f"compute ({secs:.3f} of its seconds), {escalated:.2%} escalated; McNemar p = {p_value:.3f}")
+    return {"accuracy_ratio": round(acc / big_acc, 4), "compute_ratio": round(compute, 4), "seconds_ratio": round(secs, 4),
+            "threshold": chosen, "threshold_chosen_on": f"{len(splits['train'])} PubMedQA train questions",
+            "accuracy": {"small": round(small_acc, 4), "big": round(big_acc, 4), "cascade": round(acc, 4)},
+            "escalated": round(escalated, 4), "questions": len(test), "p_value_vs_big": round(p_value, 4),
+            "discordant": {"cascade_right_big_wrong": b, "big_right_cascade_wrong": c_},
+            "compute_means": "parameters x prompt tokens (one forward pass per answer: labels are read from the next token)",
+            "retrieval": f"bm25, k {args.k}", "curve_on_test": curve,
+            "signal": "the 0.5B's probability of its top label (softmax over yes/no/maybe scores)",
+            "per_question": splits}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["speculative"])
-    ap.add_argument("--index", default=str(ROOT / "indexes" / "pydocs"))
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("-k", type=int, default=3)
-    args = ap.parse_args()
-    if not (Path(args.index) / "manifest.json").exists():
-        sys.exit(f"no index at {args.index}: run `make demo` first (it builds indexes/pydocs) or pass --index")
+    ap.add_argument("phase", choices=["speculative", "cascade"])
+    ap.add_argument("--limit", type=int, default=200, help="cascade: test questions")
+    ap.add_argument("--train-limit", type=int, default=100, help="cascade: train questions to choose the threshold on")
+    args = pydocs_generation_args(ap)
     path = RESULTS / "qwen_pair.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    res[args.phase] = {"speculative": speculative}[args.phase](args)
+    res[args.phase] = {"speculative": speculative, "cascade": cascade}[args.phase](args)
     res["environment"] = environment()
     write_results("qwen_pair", res)
 

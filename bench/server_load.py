@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, environment, table, write_results  # noqa: E402
+from common import ROOT, environment, require_index, table, write_results  # noqa: E402
 
 THREADS = ("server: ragkit's policy: a single row decodes on 1 torch thread; prefill and steps of several rows "
            "on 2; concurrent generations share one batch (server.max_batch 8), retrieval concurrent")
@@ -314,8 +314,7 @@ def main() -> None:
     ap.add_argument("--drops", type=int, default=10)
     ap.add_argument("--chats-after", type=int, default=20)
     args = ap.parse_args()
-    if not (Path(args.index) / "manifest.json").exists():
-        sys.exit(f"no index at {args.index}: run `make demo` first (it builds indexes/pydocs)")
+    require_index(args.index)
 
     from ragkit import Index
 

@@ -55,6 +55,15 @@ class LLMConfig:
 
 
 @dataclass
+class CascadeConfig:
+    """Small-to-large: the pipeline's LLM answers first; when it is unsure the answer comes from
+    `model` instead (see ragkit.generation.cascade)."""
+
+    model: str | None = None      # the larger LLM to escalate to (a local model, loaded like llm.model); None: off
+    min_confidence: float = 0.5   # escalate when the first answer's mean token probability is below this
+
+
+@dataclass
 class PromptConfig:
     system: str = DEFAULT_SYSTEM
     template: str = DEFAULT_TEMPLATE
@@ -95,6 +104,7 @@ class PipelineConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
     # domain adapters, applied in order: a name under adapters/ or a folder path, or a mapping
     # {adapter: NAME, <param>: value} whose other keys override the adapter's fitted params
     adapters: list = field(default_factory=list)

@@ -111,13 +111,7 @@ class Report:
                            f'<title>{_e(category)} · {_e(name)}: {_e(_fmt(v))}</title></rect>')
             out.append(f'<text x="{left + (gi + 0.5) * group_w:.1f}" y="{top_pad + plot_h + 16}" '
                        f'text-anchor="middle">{_e(category)}</text>')
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top_pad + plot_h}" y2="{top_pad + plot_h}" stroke="#57606a"/>')
-        if y_label:
-            out.append(f'<text x="14" y="{top_pad + plot_h / 2:.1f}" transform="rotate(-90 14 {top_pad + plot_h / 2:.1f})" '
-                       f'text-anchor="middle">{_e(y_label)}</text>')
-        out.extend(self._legend(list(series), left + plot_w + 16, top_pad))
-        out.append("</svg>")
-        return self._figure("".join(out), caption)
+        return self._close_chart(out, left, plot_w, top_pad, plot_h, y_label, list(series), caption)
 
     def line_chart(self, x: Sequence[float], series: dict[str, Sequence[float | None]], caption: str,
                    x_label: str = "", y_label: str = "", log_x: bool = False) -> "Report":
@@ -146,13 +140,18 @@ class Report:
             out.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="2" '
                        f'points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in points)}"><title>{_e(name)}</title></polyline>')
             out.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{color}"/>' for a, b in points)
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top_pad + plot_h}" y2="{top_pad + plot_h}" stroke="#57606a"/>')
         if x_label:
             out.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" text-anchor="middle">{_e(x_label)}</text>')
+        return self._close_chart(out, left, plot_w, top_pad, plot_h, y_label, list(series), caption)
+
+    def _close_chart(self, out: list[str], left: float, plot_w: float, top_pad: float, plot_h: float,
+                     y_label: str, names: list[str], caption: str) -> "Report":
+        """The x axis line, the y label, the legend; then the chart becomes a figure."""
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top_pad + plot_h}" y2="{top_pad + plot_h}" stroke="#57606a"/>')
         if y_label:
             out.append(f'<text x="14" y="{top_pad + plot_h / 2:.1f}" transform="rotate(-90 14 {top_pad + plot_h / 2:.1f})" '
                        f'text-anchor="middle">{_e(y_label)}</text>')
-        out.extend(self._legend(list(series), left + plot_w + 16, top_pad))
+        out.extend(self._legend(names, left + plot_w + 16, top_pad))
         out.append("</svg>")
         return self._figure("".join(out), caption)
 

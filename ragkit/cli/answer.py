@@ -21,12 +21,15 @@ def ask(
     llm: Optional[str] = typer.Option(None, help="LLM: hub id or local folder (backend hf), or the endpoint's model."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer, in tokens."),
     draft: Optional[str] = typer.Option(None, help="A smaller sibling of the LLM that drafts tokens (speculative decoding, greedy answers), e.g. qwen2.5-coder-0.5b."),
+    escalate_to: Optional[str] = typer.Option(None, help="Cascade: a larger LLM that answers instead when the LLM is unsure, e.g. qwen2.5-coder-1.5b."),
+    min_confidence: Optional[float] = typer.Option(None, help="Cascade: escalate below this mean token probability of the first answer (default 0.5)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole answer (text, sources, citations) as JSON."),
     adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a", help="Domain adapter (name under adapters/ or folder); repeat to stack. Added after the config's adapters."),
 ) -> None:
     """Answer a question from an index with an LLM, streaming the answer, then its cited sources."""
     try:
-        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapter, draft)
+        pipeline = _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapter, draft,
+                             escalate_to, min_confidence)
         stream = pipeline.stream(question)
         for piece in stream:
             if not as_json:
@@ -40,7 +43,8 @@ def ask(
     _print_sources(answer)
 
 
-def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapters=None, draft=None):
+def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapters=None, draft=None,
+              escalate_to=None, min_confidence=None):
     """A Pipeline from an optional YAML file plus command-line overrides."""
     from ragkit.generation.pipeline import Pipeline
 
@@ -57,12 +61,20 @@ def _pipeline(config_file, index_dir, k, retriever, llm, max_new_tokens, adapter
         config.generation.max_new_tokens = max_new_tokens
     if draft:
         config.llm.draft = draft
+    if escalate_to:
+        config.cascade.model = escalate_to
+    if min_confidence is not None:
+        config.cascade.min_confidence = min_confidence
     with err.status("loading index and model"):
         return Pipeline.from_config(config)
 
 
 def _print_sources(answer) -> None:
     out.print()
+    if answer.cascade:
+        c = answer.cascade
+        out.print(f"\n[bold]Answered by[/] {_safe(answer.model)}: {_safe(c['reason'])}"
+                  + (" — escalated" if c["escalated"] else ""), highlight=False, soft_wrap=True)
     cited = set(answer.citations)
     out.print(f"\n[bold]Sources[/] (cited by the model: {', '.join(f'[{n}]' for n in answer.citations) or 'none'}"
               + (f"; attributed by ragkit: {', '.join(f'[{n}]' for n in answer.attributed)}" if answer.attributed else "")

@@ -62,6 +62,8 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     knowledge: str = ""                          # the knowledge section the prompt held (prompt adapters)
     adapters: list[str] = field(default_factory=list)  # names of the adapters attached to the pipeline
+    model: str = ""                              # the LLM that wrote the answer
+    cascade: dict = field(default_factory=dict)  # with a cascade: the small model's confidence and whether it escalated
 
     @property
     def attributed(self) -> list[int]:
@@ -168,18 +170,22 @@ class Pipeline:
     """Retrieval-augmented generation over a ragkit index with any LLM backend."""
 
     def __init__(self, index: Index | None, llm: LLM, config: PipelineConfig | None = None, reranker=None,
-                 adapters: list | None = None) -> None:
+                 adapters: list | None = None, cascade=None) -> None:
         self.index, self.llm = index, llm
         self.config = config or PipelineConfig()
         self.reranker = reranker  # anything with rerank(query, hits, k): see ragkit.retrieval.rerank
+        self.cascade = cascade  # a ragkit.generation.cascade.Cascade: escalate unsure answers to a larger LLM
         self.adapters: list = []
         self.add_adapters(adapters or [])
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "Pipeline":
         index = Index.load(config.index) if config.index else None
+        from ragkit.generation.cascade import Cascade
+
         llm = load_llm(config.llm)
-        return cls(index, llm, config, load_reranker(config.retrieval.rerank, index), load_adapters(config))
+        return cls(index, llm, config, load_reranker(config.retrieval.rerank, index), load_adapters(config),
+                   Cascade.from_config(config))
 
     # -- adapters -------------------------------------------------------------------------------
     def add_adapters(self, adapters: list) -> None:
@@ -351,11 +357,28 @@ class AnswerStream:
         if cancel is not None:
             cancel()
 
+    def _pieces(self) -> Iterator[str]:
+        """The LLM's text stream; with a cascade, the small model's whole answer first (not shown),
+        then either that answer at once or the larger model's streamed answer."""
+        cascade = self.pipeline.cascade
+        if cascade is None:
+            yield from self.text_stream
+            return
+        text = "".join(self.text_stream)
+        self.cascade_decision = cascade.decide(self.pipeline.llm, self.messages, text)
+        if not self.cascade_decision["escalated"] or getattr(self.text_stream, "finish_reason", None) == "cancelled":
+            yield text
+            return
+        self.answered_by = cascade.large
+        self.text_stream = cascade.large.stream(self.messages, self.gen)
+        yield from self.text_stream
+
     def __iter__(self) -> Iterator[str]:
         llm, pieces = self.pipeline.llm, []
+        self.answered_by, self.cascade_decision = llm, {}
         t0 = time.perf_counter()
         first = None
-        for piece in self.text_stream:
+        for piece in self._pieces():
             if first is None:
                 first = time.perf_counter() - t0
             pieces.append(piece)
@@ -378,4 +401,5 @@ class AnswerStream:
                              llm.count_tokens(prompt),
                              getattr(self.text_stream, "completion_tokens", 0)
                              or (llm.count_tokens(model_text) if model_text else 0),
-                             self.timings, self.knowledge, [a.name for a in self.pipeline.adapters])
+                             self.timings, self.knowledge, [a.name for a in self.pipeline.adapters],
+                             getattr(self.answered_by, "model_id", ""), self.cascade_decision)

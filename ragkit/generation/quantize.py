@@ -4,19 +4,23 @@
 matrix products on AVX-512 BF16 were 6.6x faster than fp32 for a 256-token prompt on this machine
 kind) and adds a per-output-channel int8 copy for decode steps (a few rows: the step reads half the
 bytes; `torch.ops.aten._weight_int8pack_mm` took a 1536x8960 layer from 1.87 ms in bf16 to 0.77 ms
-on one thread). Torch's dynamic quantisation (`torch.ao.quantization.quantize_dynamic`) is deprecated
+on one thread; it grows with the rows, so only passes of up to `DECODE_MAX_ROWS` rows use it). Torch's dynamic quantisation (`torch.ao.quantization.quantize_dynamic`) is deprecated
 and its quantized tensors with it, so ragkit does not use it; `bench/qwen_speed.py` measures it as
 the peer. `auto` picks by parameter count from the table that bench measured (see `AUTO_DTYPE`).
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 DTYPES = ("auto", "float32", "bfloat16", "int8")
 # `auto`: float32 below this many parameters (small models are overhead-bound, and the packaged
 # adapters were trained in float32), the int8 decode format from there on (bench/results/qwen_speed.json).
 AUTO_FLOAT32_BELOW = 300_000_000
-DECODE_MAX_ROWS = 16  # at most this many rows (batched decode steps) use the int8 copy
+# At most this many rows use the int8 copy: `_weight_int8pack_mm` grows with the rows (1536x8960, one
+# thread: 0.83 ms for 1 row, 1.35 for 4, 2.50 for 7) while bf16 stays flat (1.8 ms), so batched steps
+# of 5+ rows run in bf16. Speculative checks raise it for their pass (`int8_rows`) to stay exact.
+DECODE_MAX_ROWS = 4
 
 
 def check_dtype(dtype: str) -> str:
@@ -86,3 +90,18 @@ def quantize_int8(model: Any, max_rows: int = DECODE_MAX_ROWS) -> Any:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, cls(mod, max_rows))
     return model
+
+
+@contextmanager
+def int8_rows(model: Any, rows: int) -> Iterator[None]:
+    """Passes of up to `rows` rows use the int8 copies of `model`'s int8 layers within the block
+    (its per-row results equal one-row steps bit for bit); a no-op for other formats."""
+    layers = [m for m in model.modules() if type(m).__name__ == "Int8DecodeLinear"]
+    before = [m.max_rows for m in layers]
+    for m in layers:
+        m.max_rows = max(m.max_rows, rows)
+    try:
+        yield
+    finally:
+        for m, n in zip(layers, before):
+            m.max_rows = n
