@@ -213,3 +213,15 @@ def test_qwen_0_5b_drafts_for_the_1_5b_with_its_greedy_text(qwen_small):
     own = big.generate(prompt, gen).text
     big.attach_draft(qwen_small)
     assert big.generate(prompt, gen).text == own and "def " in own
+
+
+def test_ragkit_prepare_reports_where_a_model_is_or_how_to_install_it(monkeypatch):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["prepare", "smollm2"])
+    assert r.exit_code == 0 and "HuggingFaceTB/SmolLM2-135M-Instruct ready in" in r.output
+    r = runner.invoke(app, ["prepare", "no-such-model"])
+    assert r.exit_code != 0 and "not a packaged model that is installed" in r.output and "qwen2.5-coder-1.5b" in r.output
