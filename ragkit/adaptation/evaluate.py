@@ -201,7 +201,7 @@ def evaluate(adapters: Sequence[Any], text: str, llm: Any = "smollm2", lora: Any
         systems[stacked_name] = stack_procs
     extra = {}
     if lora is not None:
-        lora_model = load_causal_lm(str(lora))[0]
+        lora_model = load_causal_lm(str(lora), "auto")[0]
         extra["lora"] = lora_model
     t0 = time.perf_counter()
     ppl = perplexities(llm, text, systems, window, stride, max_tokens, threads, extra, progress)

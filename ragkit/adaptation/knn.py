@@ -73,7 +73,7 @@ def build_datastore(llm_ref: str, text: str, out: str | Path, k: int = 64, tempe
 
     from ragkit.generation.loader import load_causal_lm
 
-    model, tok, model_id = load_causal_lm(llm_ref)
+    model, tok, model_id = load_causal_lm(llm_ref, "auto")  # the format the LLM answers in (see quantize)
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     if max_tokens:
         ids = ids[:max_tokens]

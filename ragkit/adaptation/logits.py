@@ -479,7 +479,7 @@ class _ModelBacked(LogitsAdapter):
             if role not in refs:
                 raise AdapterError(f"{self.path}: the manifest names no {role!r} model (models: {sorted(refs)})")
             ref = resolve_model_ref(refs[role], self.path)
-            model, tok, name = load_causal_lm(ref)
+            model, tok, name = load_causal_lm(ref, "auto")  # inference only: the format ragkit runs it in
             for p in model.parameters():
                 p.requires_grad_(False)
             self._models[role] = (model, tok, f"{role} {name}")
