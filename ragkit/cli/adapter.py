@@ -73,11 +73,19 @@ def train(
         _fail(e)
 
 
+def _base_model(adapter: str) -> str:
+    """The LLM an adapter was made for: its manifest's base_model."""
+    from ragkit.adaptation.base import read_adapter_manifest
+    from ragkit.refs import resolve_adapter
+
+    return read_adapter_manifest(resolve_adapter(adapter))["base_model"]
+
+
 @adapter_app.command()
 def fit(
     adapter: str = typer.Argument(..., help="Adapter folder or name (proxy, poe, contrastive, knn)."),
     text: Path = typer.Option(..., "--text", help="Validation text (never the test text)."),
-    llm: str = typer.Option("smollm2", help="The LLM the adapter is for."),
+    llm: Optional[str] = typer.Option(None, help="The LLM the adapter is for (default: the base model its manifest names)."),
     stack_on: Optional[list[str]] = typer.Option(None, help="Fit for use after these adapters (repeatable); "
                                                             "writes params_stacked instead of params."),
     max_tokens: Optional[int] = typer.Option(None, help="Use only the first N tokens of the text."),
@@ -90,7 +98,7 @@ def fit(
     try:
         from ragkit.adaptation.fit import fit as run_fit
 
-        r = run_fit(adapter, _read(text, "--text"), llm=llm, stack_on=stack_on or [], window=window, stride=stride,
+        r = run_fit(adapter, _read(text, "--text"), llm=llm or _base_model(adapter), stack_on=stack_on or [], window=window, stride=stride,
                     max_tokens=max_tokens, threads=threads)
         out.print(f"fitted {r['params']}: validation ppl {r['ppl']:.3f} (LLM alone {r['base_ppl']:.3f}, "
                   f"{r['tokens']} tokens, {r['seconds']} s)")
@@ -102,7 +110,7 @@ def fit(
 def eval_(
     adapters: list[str] = typer.Argument(..., help="Adapters (folders or names); several are also scored stacked, in order."),
     text: Path = typer.Option(..., "--text", help="Held-out text."),
-    llm: str = typer.Option("smollm2", help="The LLM."),
+    llm: Optional[str] = typer.Option(None, help="The LLM (default: the base model the first adapter's manifest names)."),
     lora: Optional[str] = typer.Option(None, help="LoRA / full fine-tune of the LLM: the reference for 'gap closed'."),
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here "
@@ -119,7 +127,7 @@ def eval_(
     try:
         from ragkit.adaptation.evaluate import evaluate, format_table
 
-        r = evaluate(adapters, _read(text, "--text"), llm=llm, lora=lora, stack=not no_stack, window=window,
+        r = evaluate(adapters, _read(text, "--text"), llm=llm or _base_model(adapters[0]), lora=lora, stack=not no_stack, window=window,
                      stride=stride, max_tokens=max_tokens, speed_tokens=speed_tokens, threads=threads)
         out.print(format_table(r), highlight=False)
         out.print(f"{r['tokens']} held-out tokens; perplexity on {r['threads']['perplexity']} torch threads, "

@@ -71,3 +71,13 @@ def test_eval_reproduces_the_adi_baselines(tmp_path, dataset):
     assert res["bm25"]["nDCG@10"] >= 0.4938 - 0.005
     assert res["dense"]["nDCG@10"] >= 0.4975 - 0.005
     assert res["hybrid"]["nDCG@10"] > max(res["bm25"]["nDCG@10"], res["dense"]["nDCG@10"])
+
+
+def test_adapter_fit_and_eval_default_to_the_adapters_own_llm(tmp_path):
+    """Without --llm the LLM comes from the adapter's manifest; a missing adapter is named."""
+    text = tmp_path / "valid.txt"
+    text.write_text("some validation text\n")
+    for cmd in (["adapter", "fit", "no-such-adapter", "--text", str(text)],
+                ["adapter", "eval", "no-such-adapter", "--text", str(text)]):
+        r = runner.invoke(app, cmd)
+        assert r.exit_code != 0 and "no adapter 'no-such-adapter'" in r.output
