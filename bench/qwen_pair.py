@@ -19,6 +19,10 @@ accuracy), then read on `--limit` test questions: accuracy and compute (paramete
 and measured seconds) as fractions of the 1.5B alone, the accuracy-compute curve, and an exact
 McNemar test against the 1.5B on the same questions.
 
+Phase `pydocs`: the white-box figures of the Python-docs domain (`knn`, `proxy`, `stacked`:
+gap_closed, speed_ratio) copied from the `ragkit adapter eval --json` file the Qwen recipe of
+docs/adaptation.md writes (`--eval-json`).
+
 Results merge into bench/results/qwen_pair.json under the phase's key.
 """
 from __future__ import annotations
@@ -211,15 +215,36 @@ def cascade(args) -> dict:
             "per_question": splits}
 
 
+def whitebox(args) -> dict:
+    """The contract fields of one domain (`proxy`, `knn`, `stacked`: gap_closed and speed_ratio) from
+    `ragkit adapter eval --json` of the Qwen recipe (docs/adaptation.md)."""
+    path = Path(args.eval_json)
+    if not path.is_file():
+        sys.exit(f"no {path}: run the Qwen recipe of docs/adaptation.md first (ragkit adapter eval ... --json {path})")
+    r = json.loads(path.read_text())
+    out = {"source": str(path.name), "llm": r["llm"], "lora": r["lora"], "tokens": r["tokens"], "threads": r["threads"],
+           "ppl": {name: m["ppl"] for name, m in r["systems"].items()}}
+    for name, m in r["systems"].items():
+        kinds = {a["name"]: a["kind"] for a in r["adapters"]}
+        key = "stacked" if "+" in name else kinds.get(name)
+        if key in ("knn", "proxy", "poe", "contrastive", "stacked"):
+            out[key] = {"gap_closed": m["gap_closed"], "speed_ratio": m.get("speed_ratio"), "ppl": m["ppl"],
+                        "ppl_reduction": m["ppl_reduction"], "system": name}
+    print(json.dumps({k: v for k, v in out.items() if k != "ppl"}, indent=1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["speculative", "cascade"])
+    ap.add_argument("phase", choices=["speculative", "cascade", "pydocs"])
+    ap.add_argument("--eval-json", default=str(RESULTS / "qwen_pair_pydocs_adapters.json"),
+                    help="pydocs: the `ragkit adapter eval --json` file of the Qwen recipe")
     ap.add_argument("--limit", type=int, default=200, help="cascade: test questions")
     ap.add_argument("--train-limit", type=int, default=100, help="cascade: train questions to choose the threshold on")
     args = pydocs_generation_args(ap)
     path = RESULTS / "qwen_pair.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    res[args.phase] = {"speculative": speculative, "cascade": cascade}[args.phase](args)
+    res[args.phase] = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox}[args.phase](args)
     res["environment"] = environment()
     write_results("qwen_pair", res)
 
