@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from ragkit.config import PipelineConfig
+from ragkit.generation.cascade import Cascade
 from ragkit.generation.loader import load_llm
 from ragkit.errors import PromptTooLongError, RagkitError
 from ragkit.retrieval.index import Hit, Index
@@ -181,8 +182,6 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "Pipeline":
         index = Index.load(config.index) if config.index else None
-        from ragkit.generation.cascade import Cascade
-
         llm = load_llm(config.llm)
         return cls(index, llm, config, load_reranker(config.retrieval.rerank, index), load_adapters(config),
                    Cascade.from_config(config))

@@ -10,6 +10,7 @@ the peer. `auto` picks by parameter count from the table that bench measured (se
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -46,7 +47,9 @@ def load_dtype(dtype: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}[dtype]
 
 
+@functools.cache
 def _int8_linear_class():
+    """The int8-decode linear layer class (made on first use, so importing this module needs no torch)."""
     import torch
     import torch.nn.functional as F
 
@@ -96,7 +99,7 @@ def quantize_int8(model: Any, max_rows: int = DECODE_MAX_ROWS) -> Any:
 def int8_rows(model: Any, rows: int) -> Iterator[None]:
     """Passes of up to `rows` rows use the int8 copies of `model`'s int8 layers within the block
     (its per-row results equal one-row steps bit for bit); a no-op for other formats."""
-    layers = [m for m in model.modules() if type(m).__name__ == "Int8DecodeLinear"]
+    layers = [m for m in model.modules() if isinstance(m, _int8_linear_class())]
     before = [m.max_rows for m in layers]
     for m in layers:
         m.max_rows = max(m.max_rows, rows)

@@ -69,11 +69,7 @@ class DecodeBatcher:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be ≥ 1 and max_queue ≥ 0 (got {max_batch}, {max_queue})")
         self.llm, self.max_batch, self.max_queue = llm, max_batch, max_queue
-        eos = llm.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if llm.tokenizer.eos_token_id is not None:
-            eos.append(llm.tokenizer.eos_token_id)
-        self.eos = set(eos)
+        self.eos = llm.end_token_ids()
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._rows: list[_Request] = []

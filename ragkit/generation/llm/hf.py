@@ -230,8 +230,9 @@ class HFCausalLM(LLM):
         """Speculative decoding (`ragkit.generation.llm.speculative`): `draft`, a smaller model with
         the same tokenizer, proposes up to `draft_tokens` tokens (stopping after one it gives less
         than `confidence` probability) and this model checks them in one forward pass. The defaults
-        were the fastest of 4 settings for the Qwen pair on three questions outside the bench's. Greedy generations on the serial path without white-box adapters; the text is
-        this model's own greedy text. Decode steps then use eager attention, with or without the
+        were the fastest of 4 settings for the Qwen pair on three questions outside the bench's.
+        Greedy generations on the serial path without white-box adapters; the text is this model's
+        own greedy text. Decode steps then use eager attention, with or without the
         draft (see the module). None detaches the draft and restores the model's attention."""
         if draft is not None:
             probe = "def f(x):\n    return x ** 2  # speculative décodage"
@@ -279,6 +280,14 @@ class HFCausalLM(LLM):
 
         new = speculative_decode(self, ids, config.max_new_tokens, kept)
         return torch.cat([ids, torch.tensor([new], dtype=ids.dtype)], dim=1)
+
+    def end_token_ids(self) -> set[int]:
+        """Token ids that end a generation: the model's generation config and the tokenizer's."""
+        configured = self.model.generation_config.eos_token_id
+        ids = [configured] if isinstance(configured, int) else list(configured or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return set(ids)
 
     def _speculative(self, config: GenerationConfig) -> bool:
         return self.draft is not None and config.temperature <= 0 and not self.logits_adapters
@@ -493,7 +502,6 @@ class HFCausalLM(LLM):
             for processor in processors:
                 scores = processor(ids, scores)
             return scores[0]
-
 
     def completion_logprobs(self, prompt: Prompt, completion: str) -> list[float]:
         """Log-probability of each token of `completion` after `prompt` under this model (one

@@ -31,7 +31,7 @@ def speculative_decode(llm, ids, max_new_tokens: int, on_tokens: Callable[[list[
 
     target, draft = llm.model, llm.draft.model
     kw_t, kw_d = cache_kwarg(target), cache_kwarg(draft)
-    eos = _eos_ids(llm)
+    eos = llm.end_token_ids()
     seq = ids[0].tolist()
     out: list[int] = []
     stats = llm.draft_stats = {"checks": 0, "proposed": 0, "kept": 0}
@@ -96,9 +96,3 @@ def _cut(cache, length: int) -> None:
     if extra > 0:
         cache.crop(-extra)
 
-
-def _eos_ids(llm) -> set[int]:
-    ids = {llm.tokenizer.eos_token_id}
-    configured = getattr(llm.model.generation_config, "eos_token_id", None)
-    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
-    return {i for i in ids if i is not None}
