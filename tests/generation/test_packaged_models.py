@@ -225,3 +225,12 @@ def test_ragkit_prepare_reports_where_a_model_is_or_how_to_install_it(monkeypatc
     assert r.exit_code == 0 and "HuggingFaceTB/SmolLM2-135M-Instruct ready in" in r.output
     r = runner.invoke(app, ["prepare", "no-such-model"])
     assert r.exit_code != 0 and "not a packaged model that is installed" in r.output and "qwen2.5-coder-1.5b" in r.output
+
+
+def test_a_draft_needs_a_local_llm():
+    from ragkit.config import LLMConfig
+    from ragkit.errors import RagkitError
+    from ragkit.generation.loader import load_llm
+
+    with pytest.raises(RagkitError, match="llm.draft .* needs a local model"):
+        load_llm(LLMConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model="m", draft="smollm2"))
