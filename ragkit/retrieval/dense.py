@@ -44,8 +44,7 @@ class DenseRetriever(Retriever):
         return {"type": "dense", "encoder": self.encoder.describe(), **asdict(self.config)}
 
     def add(self, chunks: Sequence[Chunk], progress: Callable[[int], None] | None = None) -> None:
-        known = set(self.store.ids)
-        dup = [c.id for c in chunks if c.id in known]
+        dup = self.store.existing([c.id for c in chunks])
         if dup:
             raise ValueError(f"chunks already indexed: {dup[:5]}")
         vectors = self.encoder.encode([c.indexed_text for c in chunks], batch_size=self.config.batch_size,

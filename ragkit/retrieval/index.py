@@ -16,10 +16,9 @@ from ragkit._version import __version__
 from ragkit.data.chunking import Chunk, Chunker, ChunkingConfig
 from ragkit.data.corpus import Document, LoadReport, check_unique_ids, load_corpus
 from ragkit.errors import CorpusError, IndexFormatError, RagkitError, UnknownRetrieverError
+from ragkit.retrieval.stores.base import open_store
 from ragkit.retrieval.stores.chunks import ChunkStore
-from ragkit.integrity import FILES, seal, verify_files
-from ragkit.fs import (FORMAT, FORMAT_VERSION, MANIFEST, atomic_dir, check_output_dir, read_manifest, write_json,
-                            writer_lock)
+from ragkit.fs import FORMAT, FORMAT_VERSION, MANIFEST
 from ragkit.retrieval.encoder import DEFAULT_ENCODER, SentenceEncoder, resolve_model_path
 from ragkit.progress import progress_bar
 from ragkit.retrieval.base import Ranking, Retriever
@@ -247,8 +246,9 @@ class Index:
 
     def _hits(self, ranking: Ranking) -> list[Hit]:
         out = []
+        chunks = self.chunks.get_many([cid for cid, _ in ranking])
         for rank, (cid, score) in enumerate(ranking, start=1):
-            c = self.chunks[cid]
+            c = chunks[cid]
             out.append(Hit(rank, score, cid, c.doc_id, c.title, c.text, c.source, c.start, c.end, c.metadata))
         return out
 
@@ -277,57 +277,50 @@ class Index:
         }
 
     @staticmethod
-    def writer_lock(path: str | Path, wait: bool = False, on_wait=None):
-        """Context manager holding `path`'s writer lock (see `ragkit.fs.writer_lock`); take
-        it before loading when you load, change and save an index, so that no other writer's change is
-        lost in between. Another writer is an `IndexLockedError` unless `wait`."""
-        return writer_lock(path, wait=wait, on_wait=on_wait)
+    def writer_lock(location: str | Path, wait: bool = False, on_wait=None):
+        """Context manager holding the writer lock of `location` (a folder: `ragkit.fs.writer_lock`; a
+        `postgresql://` store: an advisory lock); take it before loading when you load, change and save
+        an index, so that no other writer's change is lost in between. Another writer is an
+        `IndexLockedError` unless `wait`."""
+        return open_store(location).writer_lock(wait=wait, on_wait=on_wait)
 
     @staticmethod
-    def check_output(path: str | Path, protect: Iterable[str | Path] = ()) -> None:
-        """`OutputPathError` unless `path` is absent, an empty folder or a ragkit index, and neither is
-        nor contains a path of `protect` (the corpus). `save` checks this itself; callers may check
+    def check_output(location: str | Path, protect: Iterable[str | Path] = ()) -> None:
+        """`OutputPathError` unless `location` is absent, empty or a ragkit index (a folder: and neither
+        is nor contains a path of `protect`, the corpus). `save` checks this itself; callers may check
         early, before a long build."""
-        check_output_dir(path, FORMAT, protect)
+        open_store(location).check_output(protect)
 
-    def save(self, path: str | Path, protect: Iterable[str | Path] = (), wait: bool = False) -> Path:
-        """Write the index folder atomically: a failed or interrupted save leaves the old one intact.
+    def save(self, location: str | Path, protect: Iterable[str | Path] = (), wait: bool = False) -> str | Path:
+        """Write the index atomically: a failed or interrupted save leaves the old one intact.
 
-        `path` must be absent, an empty folder or a ragkit index (`OutputPathError` otherwise), and
-        neither be nor contain the corpus it was built from or a path in `protect`. The writer lock is
-        held while writing (`IndexLockedError` if another writer holds it, unless `wait`); an OSError
-        such as a full disk is a `WriteError` naming the path, the previous index left intact.
+        `location` is a folder or a `postgresql://` URL (`ragkit.retrieval.stores`). A folder must be
+        absent, empty or a ragkit index (`OutputPathError` otherwise), and neither be nor contain the
+        corpus it was built from or a path in `protect`. The writer lock is held while writing
+        (`IndexLockedError` if another writer holds it, unless `wait`); an OSError such as a full disk
+        is a `WriteError` naming the path, the previous index left intact.
         """
-        path = Path(path)
         if getattr(self, "_partial", False):
             raise RagkitError("this index was loaded with only some of its retrievers (Index.load(only=...)); "
                               "load it whole to change and save it")
-        with writer_lock(path, wait=wait), \
-                atomic_dir(path, manifest_format=FORMAT, protect=[*self._corpus_paths, *protect]) as tmp:
-            self.chunks.save(tmp / "chunks.jsonl")
-            for name, r in self.retrievers.items():
-                (tmp / name).mkdir()
-                r.save(tmp / name)
-            manifest = self.manifest()
-            manifest[FILES] = seal(tmp)  # sizes + sha256, read back from the disk before the swap
-            write_json(tmp / MANIFEST, manifest)  # last: a folder with a manifest is complete
-        return path
+        open_store(location).save(self, protect=[*self._corpus_paths, *protect], wait=wait)
+        return location
 
     @classmethod
-    def load(cls, path: str | Path, encoder: SentenceEncoder | str | None = None, colbert=None,
+    def load(cls, location: str | Path, encoder: SentenceEncoder | str | None = None, colbert=None,
              only: Sequence[str] | None = None) -> "Index":
-        """Load an index folder; a different encoder (or ColBERT checkpoint: a ColBERTModel or its
-        path in `colbert`) than the one it was built with is an error.
+        """Load an index from a folder or a `postgresql://` store; a different encoder (or ColBERT
+        checkpoint: a ColBERTModel or its path in `colbert`) than the one it was built with is an error.
 
         `only` loads just the named retrievers (e.g. `["bm25"]`: no encoder, no torch) for a
         read-only use such as one search; such an index cannot be saved."""
-        path = Path(path)
-        manifest = read_manifest(path)
-        verify_files(path, manifest)  # sizes always, sha256 of small files (ragkit.integrity)
+        store = open_store(location)
+        where = store.display
+        manifest = store.read_manifest()
         try:
-            config = IndexConfig.from_dict(manifest["config"], f"{path}/{MANIFEST}: config")
+            config = IndexConfig.from_dict(manifest["config"], f"{where}/{MANIFEST}: config")
         except (AttributeError, KeyError, TypeError, ValueError, RagkitError) as e:
-            raise IndexFormatError(f"{path}/{MANIFEST} has an unreadable config: {e}") from e
+            raise IndexFormatError(f"{where}/{MANIFEST} has an unreadable config: {e}") from e
         if only is not None:
             unknown = [r for r in only if r not in config.retrievers]
             if unknown:
@@ -336,30 +329,21 @@ class Index:
             config.retrievers = [r for r in config.retrievers if r in only]
         built = manifest.get("encoder", {})
         if not isinstance(built, dict):
-            raise IndexFormatError(f"{path}/{MANIFEST} is damaged: 'encoder' is not an object")
+            raise IndexFormatError(f"{where}/{MANIFEST} is damaged: 'encoder' is not an object")
         if "dense" in config.retrievers:
             if isinstance(encoder, str) or encoder is None:
                 encoder = SentenceEncoder.from_pretrained(encoder or config.encoder)
-            _check_encoder(path, built, encoder.describe())
+            _check_encoder(where, built, encoder.describe())
         elif isinstance(encoder, str):
             encoder = SentenceEncoder.from_pretrained(encoder)
         index = cls(config, encoder, colbert=_LOADED_LATER)
-        index.chunks = ChunkStore.load(path / "chunks.jsonl")
+        index.chunks = store.load_chunks()
         for name in config.retrievers:
-            index.retrievers[name] = retriever_class(name, config).load_for_index(path / name, config, encoder, colbert)
-        for name, r in index.retrievers.items():
-            if len(r) != len(index.chunks):
-                raise IndexFormatError(f"{path} is damaged: {name} holds {len(r)} chunks, chunks.jsonl {len(index.chunks)}")
-            ids = getattr(r, "ids", None)
-            if ids is None:
-                ids = getattr(getattr(r, "store", None), "ids", None)
-            unknown = [cid for cid in ids if cid not in index.chunks] if ids is not None else []
-            if unknown:  # same counts, distinct ids: the two id sets differ, so searches would hit unknown ids
-                raise IndexFormatError(f"{path / 'chunks.jsonl'} is damaged: {len(unknown)} chunk id(s) that {name} "
-                                       f"indexes are not in it, e.g. {unknown[:3]} (a chunk id was changed or a line "
-                                       "replaced); restore the index or rebuild it")
+            index.retrievers[name] = store.load_retriever(name, retriever_class(name, config), config, encoder, colbert)
+        store.check_loaded(index)
         index.created, index.updated = manifest.get("created", ""), manifest.get("updated", "")
         index._partial = only is not None
+        store.bind(index)
         return index
 
     def info(self) -> dict:
@@ -367,7 +351,7 @@ class Index:
         return self.manifest()
 
 
-def _check_encoder(path: Path, built: dict, given: dict) -> None:
+def _check_encoder(path: str | Path, built: dict, given: dict) -> None:
     problems = []
     if built.get("id") != given.get("id"):
         problems.append(f"id {built.get('id')!r} vs {given.get('id')!r}")

@@ -25,6 +25,10 @@ class ChunkStore:
     def __getitem__(self, chunk_id: str) -> Chunk:
         return self._chunks[chunk_id]
 
+    def get_many(self, chunk_ids: Iterable[str]) -> dict[str, Chunk]:
+        """The chunks with these ids (all must exist), by id: one lookup for a page of hits."""
+        return {cid: self._chunks[cid] for cid in chunk_ids}
+
     def __contains__(self, chunk_id: object) -> bool:
         return chunk_id in self._chunks
 

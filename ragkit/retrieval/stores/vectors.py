@@ -1,4 +1,4 @@
-"""Vector storage behind a small interface; faiss now, other engines (e.g. pgvector) later.
+"""Vector storage behind a small interface: faiss here, pgvector in `ragkit.retrieval.stores.postgres`.
 
 The stored float32 vectors are the source of truth: the faiss structure is derived from them, so
 deletes and rebuilds never re-encode text. Kinds: `flat` (exact inner product, the default),
@@ -37,6 +37,8 @@ class VectorStore(Protocol):
     ids: list[str]
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None: ...
+    def existing(self, ids: Sequence[str]) -> list[str]: ...
+    def export(self) -> tuple[list[str], np.ndarray]: ...
     def remove(self, ids: Iterable[str]) -> int: ...
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]: ...
     def save(self, path: Path) -> None: ...
@@ -124,6 +126,15 @@ class FaissVectorStore:
             self._rebuild()
         else:
             self.index.add(np.ascontiguousarray(vectors))
+
+    def existing(self, ids: Sequence[str]) -> list[str]:
+        """Those of `ids` already stored."""
+        known = set(self.ids)
+        return [i for i in ids if i in known]
+
+    def export(self) -> tuple[list[str], np.ndarray]:
+        """Every (id, vector), in insertion order."""
+        return list(self.ids), self.vectors
 
     def remove(self, ids: Iterable[str]) -> int:
         drop = set(ids)
