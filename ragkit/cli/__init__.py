@@ -12,7 +12,7 @@ from ragkit.cli.adapter import adapter_app
 from ragkit.cli.colbert import app as colbert_app
 from ragkit.cli.console import _quiet_libraries
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # help keeps [extras]
                   help="ragkit: retrieval and domain adapters that make an LLM good at your domain.")
 
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from ragkit.cli.console import _fail, err, out
 from ragkit.errors import RagkitError
 
-adapter_app = typer.Typer(add_completion=False, no_args_is_help=True,
+adapter_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                           help="Domain adapters: train (lora, full, distill, knn, proxy, poe, contrastive), fit, eval, info.")
 
 

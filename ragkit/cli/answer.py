@@ -14,7 +14,7 @@ from ragkit.cli.console import _config_with_adapters, _fail, _safe, err, out, pr
 @query_threads
 def ask(
     question: str = typer.Argument(..., help="The question."),
-    index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder (overrides the config's)."),
+    index_dir: Optional[str] = typer.Option(None, "--index", "-i", help="Index folder or postgresql:// store URL (overrides the config's)."),
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML file."),
     k: Optional[int] = typer.Option(None, "-k", help="Sources to retrieve."),
     retriever: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
@@ -99,7 +99,7 @@ def _print_sources(answer) -> None:
 
 @query_threads
 def chat(
-    index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder (overrides the config's)."),
+    index_dir: Optional[str] = typer.Option(None, "--index", "-i", help="Index folder or postgresql:// store URL (overrides the config's)."),
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML file."),
     k: Optional[int] = typer.Option(None, "-k", help="Sources to retrieve per question."),
     retriever: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),

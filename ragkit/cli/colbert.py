@@ -10,7 +10,7 @@ import typer
 from ragkit.cli import console as cli
 from ragkit.errors import RagkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="ColBERT late interaction: train a checkpoint on your corpus, inspect one.")
 
 

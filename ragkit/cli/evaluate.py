@@ -84,6 +84,8 @@ def eval_(
     fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
     chunk_tokens: int = typer.Option(256, help="Tokens per chunk."),
     overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
+    store: Optional[str] = typer.Option(None, "--store", help="Save each set's index to this store (a postgresql:// "
+                                        "URL; the schema is replaced per set) and score it as loaded from there."),
 ) -> None:
     """Score retrievers on BEIR folders: nDCG@10, R@100, RR@10, index seconds, ms per query."""
     from ragkit.data.chunking import ChunkingConfig
@@ -96,7 +98,8 @@ def eval_(
         config = IndexConfig(chunking=ChunkingConfig(chunk_tokens, overlap), fusion=FusionConfig(method=fusion))
         names = _split(retrievers)
         for data_dir in data_dirs:
-            res = sets[data_dir.name] = evaluate_beir(data_dir, names, split=split, config=config, show_progress=True)
+            res = sets[data_dir.name] = evaluate_beir(data_dir, names, split=split, config=config, show_progress=True,
+                                                              store=store)
             t = Table(title=f"{data_dir.name} ({split})")
             for col in ["retriever", "nDCG@10", "R@100", "RR@10", "index s", "ms/query"]:
                 t.add_column(col, justify="right" if col != "retriever" else "left")

@@ -15,7 +15,9 @@ from ragkit.cli.console import _fail, _safe, _split, _waiting, err, out
 
 def index(
     corpus: Path = typer.Argument(..., help="BEIR folder, .jsonl file, or folder of .txt/.md/.rst/.html files."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Index folder to write (replaced atomically)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Or a PostgreSQL store to write: postgresql://user@host:port/"
+                                        "db?schema=NAME (password from PGPASSWORD; docs/stores.md)."),
     format: str = typer.Option("auto", help="auto, beir, jsonl or folder."),
     id_field: str = typer.Option("id", help="JSONL: field holding the document id."),
     text_field: str = typer.Option("text", help="JSONL: field holding the text."),
@@ -34,8 +36,12 @@ def index(
     stemmer: str = typer.Option("english", help="Snowball stemmer for BM25 ('english', ... or 'none')."),
     strict: bool = typer.Option(False, help="Folders: fail on unreadable/non-UTF-8 files instead of skipping them."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing --out, wait for it instead of failing."),
+    ray: bool = typer.Option(False, "--ray", help="Chunk and encode on a Ray cluster (Ray Data; pip install 'ragkit[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray: the cluster's address "
+                                              "(default: a local in-process cluster)."),
 ) -> None:
-    """Chunk and index a corpus into a folder (absent, empty, or an index to replace; never the corpus)."""
+    """Chunk and index a corpus into a folder (absent, empty, or an index to replace; never the corpus) or
+    a PostgreSQL store (--store)."""
     from ragkit.data.corpus import LoadReport, load_corpus
     from ragkit.retrieval.index import Index, IndexConfig
     from ragkit.data.chunking import ChunkingConfig
@@ -53,8 +59,11 @@ def index(
                             stemmer=None if stemmer == "none" else stemmer),
             dense=DenseConfig(index=FaissConfig(kind=dense_index)),
             colbert=ColBERTConfig(checkpoint=colbert_checkpoint, engine=colbert_engine, nbits=colbert_nbits))
-        Index.check_output(out_dir, protect=[corpus])  # before the build; save checks again
-        with Index.writer_lock(out_dir, wait=wait, on_wait=_waiting(out_dir)):
+        if (out_dir is None) == (store is None):
+            raise RagkitError("give the index's location: --out FOLDER or --store postgresql://... (one of the two)")
+        target = store or out_dir
+        Index.check_output(target, protect=[corpus])  # before the build; save checks again
+        with Index.writer_lock(target, wait=wait, on_wait=_waiting(target)):
             report = LoadReport()
             with err.status(f"reading {_safe(corpus)}"):
                 docs = load_corpus(corpus, format, report=report, strict=strict, id_field=id_field,
@@ -66,21 +75,44 @@ def index(
             err.print(f"read {len(docs)} documents from {_safe(corpus)}")
             with err.status("loading models"):
                 idx = Index(config)
-            idx.add(docs, show_progress=True)
-            with err.status(f"saving {_safe(out_dir)}"):
-                idx.save(out_dir, protect=[corpus])
+            if ray or ray_address:
+                from ragkit.retrieval.distributed import on_ray, ray_cluster
+
+                with err.status(f"starting Ray ({_safe(ray_address or 'local cluster')})"):
+                    cluster = ray_cluster(ray_address)
+                    cluster.__enter__()
+                try:
+                    with on_ray(idx):
+                        idx.add(docs, show_progress=True)
+                finally:
+                    cluster.__exit__(None, None, None)
+            else:
+                idx.add(docs, show_progress=True)
+            with err.status(f"saving {_safe(idx_location(target))}"):
+                idx.save(target, protect=[corpus])
     except (RagkitError, ValueError) as e:
         _fail(e)
     c = idx.info()["counts"]
     times = ", ".join(f"{k} {v:.1f}s" for k, v in idx.timings.items())
-    out.print(f"[green]indexed[/] {c['documents']} documents as {c['chunks']} chunks into {_safe(out_dir)} ({times})")
+    out.print(f"[green]indexed[/] {c['documents']} documents as {c['chunks']} chunks into "
+              f"{_safe(idx_location(target))} ({times})")
 
 
-def _load(index_dir: Path, only: list[str] | None = None):
+def idx_location(location) -> str:
+    """How an index location is shown: a folder as given, a store URL without credentials."""
+    from ragkit.retrieval.stores.base import open_store
+
+    try:
+        return open_store(location).display
+    except (RagkitError, ValueError):
+        return str(location)
+
+
+def _load(index_dir: str, only: list[str] | None = None):
     from ragkit.retrieval.index import Index
 
     try:
-        with err.status(f"loading {_safe(index_dir)}"):
+        with err.status(f"loading {_safe(idx_location(index_dir))}"):
             return Index.load(index_dir, only=only)
     except (RagkitError, ValueError) as e:
         _fail(e)
@@ -88,7 +120,7 @@ def _load(index_dir: Path, only: list[str] | None = None):
 
 def search(
     query: str = typer.Argument(..., help="What to look for."),
-    index_dir: Path = typer.Option(..., "--index", "-i", help="Index folder."),
+    index_dir: str = typer.Option(..., "--index", "-i", help="Index folder or postgresql:// store URL."),
     k: int = typer.Option(10, "-k", help="Number of hits."),
     retriever: Optional[str] = typer.Option(None, help="bm25, dense, colbert or hybrid (default: hybrid when several exist)."),
     as_json: bool = typer.Option(False, "--json", help="Print hits as JSON lines."),
@@ -115,7 +147,7 @@ def search(
 
 
 def add(
-    index_dir: Path = typer.Argument(..., help="Index folder to update."),
+    index_dir: str = typer.Argument(..., help="Index folder or postgresql:// store URL to update."),
     corpus: Path = typer.Argument(..., help="Documents to add (any corpus format)."),
     replace: bool = typer.Option(False, help="Replace documents whose ids are already indexed."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing the index, wait for it instead of failing."),
@@ -123,10 +155,10 @@ def add(
     """Add documents to an index; what is indexed already is not re-encoded."""
     from ragkit.data.corpus import load_corpus
     from ragkit.retrieval.index import Index
-    from ragkit.fs import read_manifest
+    from ragkit.retrieval.stores.base import open_store
 
     try:
-        read_manifest(index_dir)  # a clear error for a missing or foreign index, before locking
+        open_store(index_dir).read_manifest()  # a clear error for a missing or foreign index, before locking
         with Index.writer_lock(index_dir, wait=wait, on_wait=_waiting(index_dir)):  # load -> add -> save
             idx = _load(index_dir)
             n = idx.add(load_corpus(corpus), replace=replace, show_progress=True)
@@ -137,16 +169,16 @@ def add(
 
 
 def delete(
-    index_dir: Path = typer.Argument(..., help="Index folder to update."),
+    index_dir: str = typer.Argument(..., help="Index folder or postgresql:// store URL to update."),
     doc_ids: list[str] = typer.Argument(..., help="Document ids to remove."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing the index, wait for it instead of failing."),
 ) -> None:
     """Delete documents (all their chunks) from an index."""
     from ragkit.retrieval.index import Index
-    from ragkit.fs import read_manifest
+    from ragkit.retrieval.stores.base import open_store
 
     try:
-        read_manifest(index_dir)
+        open_store(index_dir).read_manifest()
         with Index.writer_lock(index_dir, wait=wait, on_wait=_waiting(index_dir)):  # load -> delete -> save
             idx = _load(index_dir)
             try:
@@ -160,7 +192,7 @@ def delete(
 
 
 def info(
-    index_dir: Path = typer.Argument(..., help="Index folder."),
+    index_dir: str = typer.Argument(..., help="Index folder or postgresql:// store URL."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
     verify: bool = typer.Option(False, "--verify", help="Check every file against the size and sha256 recorded "
                                 "in the manifest (a load checks sizes, and hashes only files up to 64 MiB)."),
@@ -169,12 +201,15 @@ def info(
     from ragkit.errors import IndexFormatError
     from ragkit.integrity import FILES, check_files
     from ragkit.fs import read_manifest
+    from ragkit.retrieval.stores.base import is_store_url, open_store
 
     try:
-        m = read_manifest(index_dir)
-    except RagkitError as e:
+        m = open_store(index_dir).read_manifest() if is_store_url(index_dir) else read_manifest(index_dir)
+    except (RagkitError, ValueError) as e:
         _fail(e)
-    if verify:
+    if verify and is_store_url(index_dir):
+        err.print("[yellow]note:[/] --verify checks folder files; a PostgreSQL store's integrity is the database's")
+    elif verify:
         if FILES not in m:
             err.print(f"[yellow]warning:[/] {_safe(index_dir)} records no file checksums (written before they existed): "
                       "nothing to verify; saving it again records them")
@@ -198,17 +233,21 @@ def info(
 
 
 def _info_table(index_dir: Path, m: dict) -> None:
-    t = Table(title=_safe(index_dir), show_header=False)
+    t = Table(title=_safe(idx_location(index_dir)), show_header=False)
     t.add_row("ragkit", _safe(f"{m['ragkit_version']} (format {m['format_version']})"))
     t.add_row("created / updated", _safe(f"{m['created']} / {m['updated']}"))
     t.add_row("documents / chunks", _safe(f"{m['counts']['documents']} / {m['counts']['chunks']}"))
     enc = m.get("encoder", {})
     t.add_row("encoder", _safe(f"{enc.get('id')} (dim {enc.get('dimension', '-')})"))
     ch = m["chunking"]
+    if "store" in m:
+        st = m["store"]
+        t.add_row("store", _safe(f"PostgreSQL schema {st['schema']}, dense search "
+                                 f"{'HNSW (m=%d, ef_construction=%d)' % (st['m'], st['ef_construction']) if st['hnsw'] else 'exact'}"))
     t.add_row("chunking", _safe(f"{ch['chunk_tokens']} tokens, overlap {ch['overlap']} ({ch['tokenizer']})"))
     for name, r in m["retrievers"].items():
         detail = (f"{r['method']} k1={r['k1']} b={r['b']} stopwords={r['stopwords']} stemmer={r['stemmer']}"
-                  if name == "bm25" else f"faiss {r['index']['kind']}" if name == "dense"
+                  if name == "bm25" else ("pgvector" if "store" in m else f"faiss {r['index']['kind']}") if name == "dense"
                   else f"{r['engine']}{' %d-bit' % r.get('nbits', 2) if r['engine'] == 'plaid' else ''}, checkpoint "
                        f"{r['model']['id']} (dim {r['model']['dim']}), {r['tokens']} token vectors")
         t.add_row(_safe(name), _safe(detail))

@@ -13,7 +13,7 @@ from ragkit.cli.console import _config_with_adapters, _fail, err
 
 def serve(
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML (index, LLM, retrieval, server)."),
-    index_dir: Optional[Path] = typer.Option(None, "--index", help="Index folder (overrides the config's)."),
+    index_dir: Optional[str] = typer.Option(None, "--index", help="Index folder or postgresql:// store URL (overrides the config's)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; loopback by default."),
     port: int = typer.Option(8000, help="Port to listen on."),
     log_level: str = typer.Option("info", help="uvicorn log level."),

@@ -61,14 +61,19 @@ def best_chunk_per_document(ranking: Ranking, chunk_to_doc: dict[str, str], k: i
 
 def evaluate_beir(data_dir: str | Path, retrievers: Sequence[str] = EVAL_RETRIEVERS, split: str = "test",
                   config: IndexConfig | None = None, k: int = 100, show_progress: bool | None = None,
-                  rerank_depth: int = 100) -> dict:
+                  rerank_depth: int = 100, store: str | None = None) -> dict:
     """Index a BEIR folder in memory and score each retriever; returns {retriever: {measure: value, ...}}.
 
     `X+colbert_rerank` reorders X's first `rerank_depth` chunks by ColBERT; `hybrid` always fuses
-    bm25 and dense (ColBERT is evaluated on its own and as a reranker)."""
+    bm25 and dense (ColBERT is evaluated on its own and as a reranker). With `store` (a location,
+    e.g. a `postgresql://` URL) the index is saved there and scored as loaded back from it."""
     _check_retrievers(retrievers)
     load_beir_judged(data_dir, split)  # missing or bad queries/qrels fail before the index is built
     index = build_eval_index(data_dir, retrievers, config, show_progress)
+    if store is not None:
+        index.save(store)
+        timings, index = index.timings, Index.load(store)
+        index.timings = timings
     return score_index(index, data_dir, retrievers, split, k, show_progress, rerank_depth)
 
 

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from ragkit.runtime import import_object, utc_now
 from ragkit._version import __version__
@@ -125,6 +126,8 @@ class Index:
         self.updated = self.created
         self.timings: dict[str, float] = {}
         self._corpus_paths: list[Path] = []
+        self._store = None           # the database store a loaded index keeps writing into (folder: None)
+        self._failed_change = ""     # why this index may not be saved (a change failed midway)
 
     @property
     def chunker(self) -> Chunker:
@@ -161,16 +164,41 @@ class Index:
         if existing and not replace:
             raise CorpusError(f"{len(existing)} document id(s) already in the index, e.g. {existing[:3]}; "
                               "delete them first or add with replace=True")
-        if existing:
-            self.delete(existing)
         t0 = time.perf_counter()
         with progress_bar("chunking", len(docs), show_progress) as advance:
             chunks: list[Chunk] = []
-            for start in range(0, len(docs), 512):
-                batch = docs[start:start + 512]
+            step = getattr(self.chunker, "docs_per_call", 512) or max(1, len(docs))  # RayChunker: all at once
+            for start in range(0, len(docs), step):
+                batch = docs[start:start + step]
                 chunks.extend(self.chunker.chunk(batch))
                 advance(len(batch))
         self.timings["chunking"] = self.timings.get("chunking", 0.0) + time.perf_counter() - t0
+        with self._changing():
+            if existing:
+                self.delete(existing)
+            self._index_chunks(chunks, show_progress)
+        self.updated = utc_now()
+        return len(chunks)
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around every change: a database store opens its write transaction first (so a second writer
+        is refused before anything changes); a change that fails midway leaves retrievers out of step,
+        so the index is marked and `save` refuses it (the saved index stays as it was)."""
+        if self._failed_change:
+            raise RagkitError(self._failed_change)
+        if self._store is not None:
+            self._store.begin()
+        try:
+            yield
+        except BaseException as e:
+            self._failed_change = (f"an earlier change to this index failed midway ({type(e).__name__}: {e}); "
+                                   "its retrievers may be out of step: load the index again")
+            if self._store is not None:
+                self._store.rollback()
+            raise
+
+    def _index_chunks(self, chunks: list[Chunk], show_progress: bool | None) -> None:
         shared = self._shared_pass()
         for name, r in self.retrievers.items():
             if shared and name == "dense":
@@ -192,8 +220,6 @@ class Index:
             if shared and name == "colbert":  # one pass served both: each is charged all of it
                 self.timings["dense"] = self.timings.get("dense", 0.0) + dt
         self.chunks.add(chunks)
-        self.updated = utc_now()
-        return len(chunks)
 
     def _shared_pass(self) -> bool:
         """Dense and ColBERT both present and the untrained MiniLM ColBERT over the dense encoder's
@@ -208,9 +234,10 @@ class Index:
         missing = [d for d in doc_ids if not self.chunks.has_document(d)]
         if missing:
             raise KeyError(f"{len(missing)} document id(s) not in the index, e.g. {missing[:3]}")
-        chunk_ids = self.chunks.delete_documents(doc_ids)
-        for r in self.retrievers.values():
-            r.delete(chunk_ids)
+        with self._changing():
+            chunk_ids = self.chunks.delete_documents(doc_ids)
+            for r in self.retrievers.values():
+                r.delete(chunk_ids)
         self.updated = utc_now()
         return len(chunk_ids)
 
@@ -300,6 +327,8 @@ class Index:
         (`IndexLockedError` if another writer holds it, unless `wait`); an OSError such as a full disk
         is a `WriteError` naming the path, the previous index left intact.
         """
+        if self._failed_change:
+            raise RagkitError(f"not saved: {self._failed_change}")
         if getattr(self, "_partial", False):
             raise RagkitError("this index was loaded with only some of its retrievers (Index.load(only=...)); "
                               "load it whole to change and save it")

@@ -161,3 +161,23 @@ def test_bm25_only_index_needs_no_encoder(tmp_path):
     assert idx.encoder is None and idx.retriever_names == ["bm25"]
     idx.save(tmp_path / "b")
     assert Index.load(tmp_path / "b").search("gamma", 1)[0].doc_id == "b"
+
+
+def test_a_change_that_fails_midway_is_not_saved(built, encoder, tmp_path, monkeypatch):
+    from ragkit.errors import RagkitError
+    from ragkit.retrieval.stores.vectors import FaissVectorStore
+
+    path = built.save(tmp_path / "idx")
+    idx = Index.load(path, encoder=encoder)
+
+    def boom(self, ids, vectors):
+        raise MemoryError("out of memory while storing vectors")
+
+    monkeypatch.setattr(FaissVectorStore, "add", boom)
+    with pytest.raises(MemoryError):
+        idx.add([Document("late", "a late document about owls")])  # BM25 took it, the vectors failed
+    with pytest.raises(RagkitError, match="failed midway"):
+        idx.save(path)
+    with pytest.raises(RagkitError, match="load the index again"):
+        idx.add([Document("later", "another one")])
+    assert not Index.load(path, encoder=encoder).chunks.has_document("late")
