@@ -138,7 +138,11 @@ def build_index(n: int):
     from ragkit.retrieval.encoder import SentenceEncoder
 
     docs, vectors, synthetic = corpus(n)
-    idx = Index(IndexConfig(), encoder=SentenceEncoder.from_pretrained())
+    from ragkit.data.chunking import ChunkingConfig
+
+    # 512-token chunks: each document (<= 1,500 characters) is one chunk, encoded (truncated to MiniLM's
+    # 256 tokens) exactly as the pool's vectors were
+    idx = Index(IndexConfig(chunking=ChunkingConfig(512, 32)), encoder=SentenceEncoder.from_pretrained())
     t = {}
     t0 = time.perf_counter()
     chunks = idx.chunker.chunk(docs)

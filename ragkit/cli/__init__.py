@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from ragkit.cli import answer, evaluate, index, models, serve
+from ragkit.cli import answer, evaluate, index, models, serve, tune
 from ragkit.cli.adapter import adapter_app
 from ragkit.cli.colbert import app as colbert_app
 from ragkit.cli.console import _quiet_libraries
@@ -27,6 +27,7 @@ app.command()(index.search)
 app.command()(index.add)
 app.command()(index.delete)
 app.command()(index.info)
+app.command()(tune.tune)
 app.command()(answer.ask)
 app.command()(answer.chat)
 app.command("eval-qa")(evaluate.eval_qa)

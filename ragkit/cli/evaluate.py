@@ -84,6 +84,10 @@ def eval_(
     fusion: str = typer.Option("rrf", help="Hybrid fusion: rrf or weighted."),
     chunk_tokens: int = typer.Option(256, help="Tokens per chunk."),
     overlap: int = typer.Option(32, help="Tokens shared by consecutive chunks."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Dense encoder (hub id or folder, e.g. a `ragkit tune` "
+                                          "output's dense/) instead of the packaged MiniLM."),
+    colbert_checkpoint: Optional[str] = typer.Option(None, "--colbert-checkpoint", help="ColBERT checkpoint folder "
+                                                     "(e.g. a `ragkit tune` output's colbert/) instead of the untrained MiniLM."),
     store: Optional[str] = typer.Option(None, "--store", help="Save each set's index to this store (a postgresql:// "
                                         "URL; the schema is replaced per set) and score it as loaded from there."),
 ) -> None:
@@ -95,7 +99,13 @@ def eval_(
 
     sets: dict[str, dict] = {}
     try:
+        from ragkit.retrieval.colbert.exact import ColBERTConfig
+
         config = IndexConfig(chunking=ChunkingConfig(chunk_tokens, overlap), fusion=FusionConfig(method=fusion))
+        if encoder:
+            config.encoder = encoder
+        if colbert_checkpoint:
+            config.colbert = ColBERTConfig(checkpoint=colbert_checkpoint)
         names = _split(retrievers)
         for data_dir in data_dirs:
             res = sets[data_dir.name] = evaluate_beir(data_dir, names, split=split, config=config, show_progress=True,

@@ -1,0 +1,466 @@
+"""Domain adaptation of the retrievers from the corpus alone (`ragkit tune`, GPL-style).
+
+1. **Query synthesis**: for sampled chunks, an LLM (any ragkit backend; the packaged SmolLM2 by
+   default) writes a question the chunk answers. Questions are cached in `OUT/queries.jsonl` as they
+   come, so a re-run (or a resumed one) reuses them. Filters, each counted: length bounds, a question
+   shape (ends with "?"; not a sentence copied from the chunk), de-duplication, and a round trip (the
+   source chunk must rank in the untuned hybrid's top `round_trip_k` for its question).
+2. **Pseudo-labels**: for each kept question, hard negatives from BM25's and the dense retriever's
+   tops; a teacher scores every candidate: `hybrid` (z-normalised BM25 + z-normalised cosine),
+   `colbert` (MaxSim of the untrained MiniLM ColBERT) or `both` (their sum). The source chunk is the
+   known positive: its teacher score is lifted to at least the best negative's + `margin`.
+3. **Students**, by KL distillation over the candidates (softmax of the teacher's scores vs the
+   student's): the dense bi-encoder (written to `OUT/dense`, a sentence-transformers folder:
+   `--encoder OUT/dense`) and the ColBERT checkpoint (`OUT/colbert`, the existing trainer). Both
+   trainings resume from their checkpoints.
+4. **Fusion** settings (RRF k, weights, members, rerank depth) chosen on held-out synthetic questions
+   (never on judged queries), reported in `OUT/fusion.json` and `OUT/tune.json`.
+
+Leak guard: synthesis reads chunks only; a BEIR folder is read through its `corpus.jsonl` and a
+`queries.jsonl` (or a qrels file) given as the corpus is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ragkit.data.chunking import Chunk
+from ragkit.errors import CorpusError, RagkitError
+
+QUESTION_SYSTEM = "You write search questions. Reply with one short question and nothing else."
+QUESTION_PROMPT = ("Passage:\n{passage}\n\nWrite one question that this passage answers. The question must make "
+                   "sense without the passage.")
+TEACHERS = ("hybrid", "colbert", "both")
+
+
+@dataclass
+class TuneConfig:
+    queries: int = 0              # chunks to write a question for; 0: auto (a quarter of the chunks, 100..1000)
+    llm: str = "default"          # the question writer: any model reference (local), see also llm_config
+    max_new_tokens: int = 40
+    passage_words: int = 180      # the chunk text shown to the LLM is cut to this many words
+    min_words: int = 4
+    max_words: int = 32
+    round_trip_k: int = 20        # keep a question when its chunk is in the untuned hybrid's top k
+    candidates: int = 8           # positive + hard negatives per question (BM25 and dense tops)
+    teacher: str = "hybrid"       # hybrid, colbert or both
+    margin: float = 1.0           # the positive's teacher score is at least the best negative's + margin
+    heldout: float = 0.2          # share of kept questions held out for choosing fusion settings
+    dense_steps: int = 0          # 0: auto (about 2 epochs over the training questions, 60..400)
+    dense_batch: int = 16
+    dense_lr: float = 2e-5
+    dense_max_tokens: int = 160   # passage length while training (the index encodes up to the model's own)
+    student_temperature: float = 0.05
+    colbert: bool = True
+    colbert_steps: int = 0        # 0: as dense_steps
+    workers: int = 4              # concurrent generations (one shared batch on a local model)
+    seed: int = 0
+    threads: int = 0              # torch threads for training; 0: all cores
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHERS)}")
+        if not 0.0 <= self.heldout < 1.0:
+            raise ValueError(f"heldout must be in [0, 1), got {self.heldout}")
+
+
+# -- leak guard ------------------------------------------------------------------------------------------
+def check_corpus_input(path: str | Path) -> Path:
+    """The corpus to read: a BEIR folder's corpus.jsonl, never its queries or qrels."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_file() and (name.startswith("queries") or "qrels" in {p.name for p in path.parents} or name.endswith(".tsv")):
+        raise CorpusError(f"refusing {path} as a corpus: it holds queries or relevance judgements; ragkit tune learns "
+                          "from the documents alone (give the corpus file or the BEIR folder)")
+    if path.is_dir() and (path / "corpus.jsonl").is_file():
+        return path / "corpus.jsonl"
+    return path
+
+
+# -- 1. query synthesis ----------------------------------------------------------------------------------
+def question_prompt(chunk: Chunk, passage_words: int) -> list[dict]:
+    words = chunk.text.split()
+    passage = " ".join(words[:passage_words]) + (" ..." if len(words) > passage_words else "")
+    if chunk.title:
+        passage = f"{chunk.title}\n{passage}"
+    return [{"role": "system", "content": QUESTION_SYSTEM},
+            {"role": "user", "content": QUESTION_PROMPT.format(passage=passage)}]
+
+
+def clean_question(raw: str) -> str:
+    """The first question in the LLM's reply: up to and including the first "?", quotes and
+    list markers stripped; "" when there is none."""
+    text = raw.strip().strip('"').strip()
+    text = re.sub(r"^(question\s*\d*\s*[:.-]\s*|\d+[.)]\s*|[-*]\s*)", "", text, flags=re.I).strip()
+    if "?" not in text:
+        return ""
+    q = text[: text.index("?") + 1]
+    q = q.splitlines()[-1] if "\n" in q else q
+    return " ".join(q.split()).strip('"').strip()
+
+
+def synthesize_questions(chunks: Sequence[Chunk], llm, out_file: Path, config: TuneConfig,
+                         progress: Callable[[int], None] | None = None) -> list[dict]:
+    """One question per chunk, appended to `out_file` (JSON lines) as they come; chunks already in
+    the file are not asked again. Returns every record (chunk_id, doc_id, raw, question)."""
+    from ragkit.generation.llm.base import GenerationConfig
+
+    done: dict[str, dict] = {}
+    if out_file.exists():
+        for line in out_file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[r["chunk_id"]] = r
+    todo = [c for c in chunks if c.id not in done]
+    if progress is not None and len(chunks) - len(todo):
+        progress(len(chunks) - len(todo))
+    gen = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=0.0, stop=["\n\n"])
+    if hasattr(llm, "enable_batching") and config.workers > 1:
+        llm.enable_batching(max_batch=config.workers, max_queue=4 * config.workers)
+
+    def ask(chunk: Chunk) -> dict:
+        raw = llm.generate(question_prompt(chunk, config.passage_words), gen).text
+        return {"chunk_id": chunk.id, "doc_id": chunk.doc_id, "raw": raw, "question": clean_question(raw)}
+
+    with open(out_file, "a", encoding="utf-8") as f, ThreadPoolExecutor(max(1, config.workers)) as pool:
+        for start in range(0, len(todo), 64):
+            for rec in pool.map(ask, todo[start:start + 64]):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                done[rec["chunk_id"]] = rec
+                if progress is not None:
+                    progress(1)
+            f.flush()
+    return [done[c.id] for c in chunks if c.id in done]
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def filter_questions(records: Sequence[dict], index, config: TuneConfig) -> tuple[list[dict], dict]:
+    """Keep well-formed, distinct questions whose chunk the untuned hybrid finds; (kept, counts)."""
+    counts = {"generated": len(records), "no_question": 0, "length": 0, "copied": 0, "duplicate": 0,
+              "round_trip": 0}
+    seen: set[str] = set()
+    shaped = []
+    for r in records:
+        q = r["question"]
+        if not q:
+            counts["no_question"] += 1
+            continue
+        n = len(q.split())
+        if not config.min_words <= n <= config.max_words:
+            counts["length"] += 1
+            continue
+        key = _norm(q)
+        chunk_text = _norm(index.chunks[r["chunk_id"]].text)
+        if key.rstrip() and key in chunk_text and n > 6:  # a sentence of the chunk with a "?" added
+            counts["copied"] += 1
+            continue
+        if key in seen:
+            counts["duplicate"] += 1
+            continue
+        seen.add(key)
+        shaped.append(r)
+    kept = []
+    hybrid = index.retriever("hybrid" if len(index.retrievers) > 1 else None)
+    for r in shaped:
+        ids = [cid for cid, _ in hybrid.search(r["question"], config.round_trip_k)]
+        if r["chunk_id"] in ids:
+            kept.append({**r, "round_trip_rank": ids.index(r["chunk_id"]) + 1})
+        else:
+            counts["round_trip"] += 1
+    counts["kept"] = len(kept)
+    return kept, counts
+
+
+# -- 2. pseudo-labels --------------------------------------------------------------------------------------
+def _z(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / (x.std() + 1e-6)
+
+
+def pseudo_label(questions: Sequence[dict], index, config: TuneConfig) -> list[dict]:
+    """Per question: candidates (the positive first, then hard negatives alternating from BM25's and
+    dense's tops) and the teacher's scores for them (`colbert`/`both` need a ColBERT retriever in
+    `index`)."""
+    bm25, dense = index.retrievers["bm25"], index.retrievers["dense"]
+    colbert = index.retrievers.get("colbert")
+    if config.teacher != "hybrid" and colbert is None:
+        raise RagkitError(f"teacher {config.teacher!r} needs an index with a colbert retriever")
+    bm25_row = {cid: i for i, cid in enumerate(bm25.ids)}
+    ids, vectors = dense.store.export()
+    dense_row = {cid: i for i, cid in enumerate(ids)}
+    qvecs = dense.encoder.encode([r["question"] for r in questions]) if questions else np.zeros((0, 1))
+    out = []
+    depth = 4 * config.candidates
+    for r, qv in zip(questions, qvecs):
+        q, pos = r["question"], r["chunk_id"]
+        b = [cid for cid, _ in bm25.search(q, depth) if cid != pos]
+        d = [cid for cid, _ in dense.store.search(qv[None, :], depth)[0] if cid != pos]
+        negs: list[str] = []
+        for pair in zip(b + [None] * (len(d) - len(b)), d + [None] * (len(b) - len(d))):
+            for cid in pair:  # alternate: the hardest of each
+                if cid is not None and cid not in negs and len(negs) < config.candidates - 1:
+                    negs.append(cid)
+        cands = [pos, *negs]
+        if len(cands) < 2:
+            continue
+        scores = np.zeros(len(cands))
+        if config.teacher in ("hybrid", "both"):
+            bs = bm25.scores(q, "chunk")[[bm25_row[c] for c in cands]]
+            cs = vectors[[dense_row[c] for c in cands]] @ qv
+            scores += _z(np.asarray(bs, dtype=np.float64)) + _z(np.asarray(cs, dtype=np.float64))
+        if config.teacher in ("colbert", "both"):
+            scores += _z(np.asarray(colbert.score(q, cands), dtype=np.float64))
+        scores[0] = max(scores[0], scores[1:].max() + config.margin)
+        out.append({"question": q, "chunk_id": pos, "candidates": cands,
+                    "scores": [round(float(x), 4) for x in scores]})
+    return out
+
+
+# -- 3. students --------------------------------------------------------------------------------------------
+def _auto_steps(n_examples: int, batch: int) -> int:
+    return int(min(400, max(60, round(2 * n_examples / batch))))
+
+
+def train_dense(examples: Sequence[dict], texts: dict[str, str], base: str, out_dir: Path, config: TuneConfig,
+                show_progress: bool | None = None) -> dict:
+    """KL distillation of the teacher's candidate scores into a sentence-transformers bi-encoder;
+    resumable from `out_dir/train_state`; the model is saved to `out_dir` (a sentence-transformers folder)."""
+    import shutil
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from ragkit.retrieval.encoder import resolve_model_path
+    from ragkit.runtime import torch_threads
+    from ragkit.training import read_state, train_loop
+
+    if not examples:
+        raise CorpusError("no training questions survived the filters: nothing to train the dense encoder on")
+    out_dir = Path(out_dir)
+    state_dir = out_dir / "train_state"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = config.dense_steps or _auto_steps(len(examples), config.dense_batch)
+    with torch_threads(config.threads or os.cpu_count() or 1):
+        torch.manual_seed(config.seed)
+        source = str(state_dir) if read_state(state_dir) is not None else resolve_model_path(base)[1]
+        model = SentenceTransformer(source, device="cpu")
+        max_len = model.max_seq_length
+        model.max_seq_length = min(max_len, config.dense_max_tokens)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.dense_lr)
+        order = np.random.default_rng(config.seed).permutation(np.resize(np.arange(len(examples)),
+                                                                         steps * config.dense_batch))
+        warm = max(1, steps // 10)
+
+        prepare = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers >= 6: preprocess
+
+        def embed(batch_texts: list[str]) -> torch.Tensor:
+            feats = prepare(batch_texts)
+            return torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=-1)
+
+        def step_loss(step: int) -> torch.Tensor:
+            batch = [examples[i] for i in order[step * config.dense_batch:(step + 1) * config.dense_batch]]
+            q = embed([e["question"] for e in batch])
+            p = embed([texts[cid] for e in batch for cid in e["candidates"]])
+            sizes = [len(e["candidates"]) for e in batch]
+            rows = torch.split(p, sizes)
+            pad = torch.nn.utils.rnn.pad_sequence
+            student = pad([r @ q[i] / config.student_temperature for i, r in enumerate(rows)], batch_first=True,
+                          padding_value=-1e4)
+            teacher = pad([torch.tensor(e["scores"], dtype=torch.float32) for e in batch], batch_first=True,
+                          padding_value=-1e4)
+            return torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.softmax(teacher, -1),
+                                              reduction="batchmean")
+
+        r = train_loop(model, opt, steps, step_loss, state_dir,
+                       schedule=lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm)),
+                       save_every=max(20, steps // 5), save_model=lambda folder: model.save(str(folder)),
+                       seeds={"seed": config.seed}, extra={"config": asdict(config)}, desc="training dense",
+                       progress=show_progress)
+        model.max_seq_length = max_len
+        model.save(str(out_dir))
+        shutil.rmtree(state_dir, ignore_errors=True)
+    losses = r["losses"]
+    return {"steps": steps, "resumed_from_step": r["resumed_from_step"], "examples": len(examples),
+            "loss_first10": round(float(np.mean(losses[:10])), 4), "loss_last10": round(float(np.mean(losses[-10:])), 4),
+            "seconds": round(r["seconds"], 1), "steps_per_s": round((steps - r["resumed_from_step"]) / max(r["seconds"], 1e-9), 3),
+            "threads": r["threads"]}
+
+
+def train_colbert_student(examples: Sequence[dict], texts: dict[str, str], out_dir: Path, config: TuneConfig,
+                          show_progress: bool | None = None) -> dict:
+    """The same pseudo-labels distilled into the ColBERT checkpoint (ragkit's ColBERT trainer: the
+    untrained MiniLM's own token states, only the projection trained, encoder states cached)."""
+    from ragkit.retrieval.colbert.train import TrainConfig, train_colbert
+
+    n = config.candidates
+    scored = [(e["question"], tuple(texts[c] for c in e["candidates"]), tuple(e["scores"]))
+              for e in examples if len(e["candidates"]) == n]
+    if not scored:
+        raise CorpusError(f"no training question has {n} candidates: nothing to train ColBERT on")
+    steps = config.colbert_steps or config.dense_steps or _auto_steps(len(scored), 8)
+    tc = TrainConfig(init="identity", freeze_layers=-1, steps=steps, batch_size=8, projection_lr=2e-3,
+                     query_augmentation=False, seed=config.seed, threads=config.threads, save_every=max(20, steps // 5))
+    r = train_colbert(scored, out_dir, tc, show_progress=show_progress)
+    return {k: r[k] for k in ("steps", "resumed_from_step", "triples", "seconds", "threads")} | {
+        "loss_first10": round(r["loss_first10"], 5), "loss_last10": round(r["loss_last10"], 5),
+        "steps_per_s": round((r["steps"] - r["resumed_from_step"]) / max(r["seconds"], 1e-9), 3)}
+
+
+# -- 4. fusion chosen on synthetic questions --------------------------------------------------------------
+FUSION_GRID = [
+    {"members": ["bm25", "dense"], "method": "rrf", "rrf_k": k, "weights": {"bm25": 1 - w, "dense": w}}
+    for k in (10, 60) for w in (0.3, 0.5, 0.7)
+] + [{"members": ["bm25", "dense"], "method": "weighted", "weights": {"bm25": 1 - w, "dense": w}} for w in (0.3, 0.5, 0.7)]
+
+
+def choose_fusion(index, questions: Sequence[dict], k: int = 10) -> dict:
+    """Score the hybrid settings of `FUSION_GRID`, each member alone, and ColBERT reranking of the
+    best hybrid (when the index has ColBERT; depths 20 and 50), by MRR@k of each held-out question's
+    source document; return the table and the choice (a member alone when it beats every fusion)."""
+    from ragkit.retrieval.hybrid import FusionConfig, HybridRetriever, document_of
+
+    def mrr(search) -> float:
+        total = 0.0
+        for r in questions:
+            docs = list(dict.fromkeys(document_of(cid) for cid, _ in search(r["question"])))[:k]
+            total += 1.0 / (docs.index(r["doc_id"]) + 1) if r["doc_id"] in docs else 0.0
+        return round(total / max(1, len(questions)), 4)
+
+    rows = []
+    for name in ("bm25", "dense"):
+        rows.append({"setting": {"members": [name]}, "mrr@10": mrr(lambda q, n=name: index.retrievers[n].search(q, 5 * k))})
+    for s in FUSION_GRID:
+        fusion = FusionConfig(method=s["method"], rrf_k=s.get("rrf_k", 60), weights=s["weights"], candidates=100)
+        hybrid = HybridRetriever({m: index.retrievers[m] for m in s["members"]}, fusion)
+        rows.append({"setting": s, "mrr@10": mrr(lambda q, h=hybrid: h.search(q, 5 * k))})
+    best = max(rows, key=lambda r: r["mrr@10"])
+    colbert = index.retrievers.get("colbert")
+    if colbert is not None and len(best["setting"]["members"]) > 1:
+        from ragkit.retrieval.evaluate import rerank_ranking
+
+        s = best["setting"]
+        fusion = FusionConfig(method=s["method"], rrf_k=s.get("rrf_k", 60), weights=s["weights"], candidates=100)
+        hybrid = HybridRetriever({m: index.retrievers[m] for m in s["members"]}, fusion)
+        for depth in (20, 50):
+            rows.append({"setting": {**s, "colbert_rerank_depth": depth}, "mrr@10": mrr(
+                lambda q, h=hybrid, d=depth: rerank_ranking(colbert, q, h.search(q, 5 * k), d))})
+        best = max(rows, key=lambda r: r["mrr@10"])
+    return {"questions": len(questions), "candidates": rows, "chosen": best["setting"], "chosen_mrr@10": best["mrr@10"]}
+
+
+# -- the whole run ---------------------------------------------------------------------------------------
+def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None, encoder: str = "default",
+         show_progress: bool | None = None, log: Callable[[str], None] | None = None, index=None,
+         return_index: bool = False):
+    """Synthesise questions, pseudo-label, train the dense (and ColBERT) students and choose fusion
+    settings, all from `corpus` (a corpus path, a BEIR folder, or documents). Writes `out_dir`:
+    queries.jsonl (cached questions), dense/, colbert/, fusion.json and tune.json (what was done, with
+    counts and times). Re-running with the same `out_dir` resumes.
+
+    `index`: an untuned index of the same documents (BM25 + dense, and ColBERT for those teachers) to
+    use instead of building one. Returns the summary, or (summary, tuned index) with `return_index`
+    (the index the fusion was chosen on, its config's fusion set to the choice)."""
+    from ragkit.data.corpus import load_corpus
+    from ragkit.progress import progress_bar
+    from ragkit.retrieval.encoder import DEFAULT_ENCODER
+    from ragkit.retrieval.index import Index, IndexConfig
+    from ragkit.runtime import torch_threads
+
+    config = config or TuneConfig()
+    say = log or (lambda msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    docs = load_corpus(check_corpus_input(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)
+    if not docs:
+        raise CorpusError("the corpus is empty: nothing to tune on")
+    base = DEFAULT_ENCODER if encoder == "default" else encoder
+    summary: dict = {"corpus_documents": len(docs), "config": asdict(config), "encoder_base": base}
+    t0 = time.perf_counter()
+    if index is None:
+        with torch_threads(config.threads or os.cpu_count() or 1):
+            index = Index(IndexConfig(retrievers=["bm25", "dense", *(["colbert"] if config.teacher != "hybrid"
+                                                                       else [])], encoder=base))
+            index.add(docs, show_progress=show_progress)
+    summary["index_s"] = round(time.perf_counter() - t0, 1)
+    chunks = list(index.chunks)
+    n = config.queries or int(min(1000, max(100, len(chunks) // 4)))
+    rng = random.Random(config.seed)
+    sample = rng.sample(chunks, min(n, len(chunks)))
+
+    # 1. questions
+    if llm is None or isinstance(llm, str):
+        from ragkit.generation.loader import load_llm
+
+        llm = load_llm(llm or config.llm)
+    model_id = getattr(llm, "model_id", str(llm))
+    say(f"writing questions for {len(sample)} chunks with {model_id}")
+    t0 = time.perf_counter()
+    with progress_bar(f"writing questions ({model_id})", len(sample), show_progress) as advance:
+        records = synthesize_questions(sample, llm, out / "queries.jsonl", config, advance)
+    synth_s = time.perf_counter() - t0
+    summary["synthesis"] = {"llm": model_id, "chunks": len(sample), "seconds": round(synth_s, 1),
+                            "questions_per_s": round(len(sample) / max(synth_s, 1e-9), 3)}
+    with torch_threads(1):
+        kept, counts = filter_questions(records, index, config)
+    summary["filter"] = counts
+    say(f"kept {len(kept)} of {len(records)} questions ({counts})")
+    rng.shuffle(kept)
+    n_held = int(round(config.heldout * len(kept)))
+    held, train = kept[:n_held], kept[n_held:]
+
+    # 2. pseudo-labels
+    t0 = time.perf_counter()
+    with torch_threads(1):
+        examples = pseudo_label(train, index, config)
+    summary["labels"] = {"examples": len(examples), "teacher": config.teacher, "candidates": config.candidates,
+                         "seconds": round(time.perf_counter() - t0, 1)}
+    with open(out / "examples.jsonl", "w", encoding="utf-8") as f:
+        for e in examples:
+            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+    texts = {c.id: c.indexed_text for c in chunks}
+
+    # 3. students
+    summary["dense"] = train_dense(examples, texts, base, out / "dense", config, show_progress)
+    if config.colbert:
+        summary["colbert"] = train_colbert_student(examples, texts, out / "colbert", config, show_progress)
+
+    # 4. fusion on the held-out synthetic questions, with the tuned students
+    tuned = None
+    if held or return_index:
+        tuned = Index(IndexConfig(retrievers=["bm25", "dense", *(["colbert"] if config.colbert else [])],
+                                  encoder=str(out / "dense"),
+                                  colbert=replace_checkpoint(index.config.colbert, out / "colbert")
+                                  if config.colbert else index.config.colbert))
+        with torch_threads(config.threads or os.cpu_count() or 1):
+            tuned.add(docs, show_progress=show_progress)
+    if held:
+        with torch_threads(1):
+            fusion = choose_fusion(tuned, held)
+        (out / "fusion.json").write_text(json.dumps(fusion, indent=2) + "\n")
+        summary["fusion"] = {"chosen": fusion["chosen"], "chosen_mrr@10": fusion["chosen_mrr@10"],
+                             "heldout_questions": len(held)}
+        chosen = fusion["chosen"]
+        if len(chosen["members"]) > 1:
+            from ragkit.retrieval.hybrid import FusionConfig
+
+            tuned.config.fusion = FusionConfig(method=chosen["method"], rrf_k=chosen.get("rrf_k", 60),
+                                               weights=chosen["weights"])
+    (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return (summary, tuned) if return_index else summary
+
+
+def replace_checkpoint(colbert_config, checkpoint: Path):
+    from dataclasses import replace
+
+    return replace(colbert_config, checkpoint=str(checkpoint))

@@ -1,0 +1,120 @@
+"""`ragkit tune`: question synthesis (filter, cache/resume), the leak guard, pseudo-labels, and a tuned
+encoder that round-trips through an index."""
+import json
+from dataclasses import replace
+
+import pytest
+
+from ragkit import Document, Index, IndexConfig
+from ragkit.errors import CorpusError, IndexFormatError
+from ragkit.generation.llm.base import Generation
+from ragkit.retrieval.tune import (TuneConfig, check_corpus_input, clean_question, filter_questions, pseudo_label,
+                                   synthesize_questions, train_dense)
+
+
+@pytest.fixture(scope="module")
+def docs(topic_docs):
+    return [replace(d, text=d.text[:1200]) for d in topic_docs[:40]]
+
+
+@pytest.fixture(scope="module")
+def index(docs, encoder):
+    return Index.build(docs, encoder=encoder)
+
+
+class ScriptedLLM:
+    """Answers each question prompt from a table keyed by the passage's first words; counts calls."""
+
+    model_id = "scripted"
+
+    def __init__(self, answers):
+        self.answers, self.calls = answers, 0
+
+    def generate(self, prompt, config=None):
+        self.calls += 1
+        passage = prompt[-1]["content"]
+        for key, text in self.answers.items():
+            if key in passage:
+                return Generation(text, 10, 5, "stop")
+        return Generation("I do not know.", 10, 4, "stop")
+
+
+def test_clean_question():
+    assert clean_question('Question: What does the "try" statement do? It handles...') == 'What does the "try" statement do?'
+    assert clean_question("1. How are exceptions raised?\n2. Why?") == "How are exceptions raised?"
+    assert clean_question("The passage explains loops.") == ""
+
+
+def test_leak_guard_refuses_queries_and_qrels(tmp_path):
+    beir = tmp_path / "set"
+    (beir / "qrels").mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (beir / name).write_text('{"_id": "1", "text": "x"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t1\t1\n")
+    assert check_corpus_input(beir) == beir / "corpus.jsonl"
+    with pytest.raises(CorpusError, match="queries or relevance judgements"):
+        check_corpus_input(beir / "queries.jsonl")
+    with pytest.raises(CorpusError, match="queries or relevance judgements"):
+        check_corpus_input(beir / "qrels" / "test.tsv")
+
+
+def test_synthesis_is_cached_and_resumes(index, tmp_path):
+    chunks = list(index.chunks)[:6]
+    llm = ScriptedLLM({c.text.split()[0]: f"What is said about {c.title}?" for c in chunks})
+    out = tmp_path / "queries.jsonl"
+    config = TuneConfig(workers=2)
+    first = synthesize_questions(chunks[:4], llm, out, config)
+    assert llm.calls == 4 and len(out.read_text().splitlines()) == 4
+    again = synthesize_questions(chunks, llm, out, config)  # 4 cached, 2 new
+    assert llm.calls == 6 and [r["chunk_id"] for r in again] == [c.id for c in chunks]
+    assert again[:4] == first
+
+
+def test_filter_counts_every_reason(index):
+    chunks = list(index.chunks)
+    good = [c for c in chunks if c.title][:3]
+    source, sentence = next((c, s) for c in chunks for s in c.text.split(". ") if 8 < len(s.split()) <= 25)
+    records = [
+        {"chunk_id": good[0].id, "doc_id": good[0].doc_id, "raw": "", "question": f"What is the {good[0].title} statement?"},
+        {"chunk_id": good[1].id, "doc_id": good[1].doc_id, "raw": "", "question": f"What is the {good[0].title} statement?"},
+        {"chunk_id": good[1].id, "doc_id": good[1].doc_id, "raw": "", "question": "Why?"},
+        {"chunk_id": good[2].id, "doc_id": good[2].doc_id, "raw": "", "question": ""},
+        {"chunk_id": source.id, "doc_id": source.doc_id, "raw": "", "question": sentence + "?"},
+        {"chunk_id": chunks[-1].id, "doc_id": chunks[-1].doc_id, "raw": "",
+         "question": f"How does the {good[0].title} statement work in Python?"},
+    ]
+    kept, counts = filter_questions(records, index, TuneConfig(round_trip_k=3))
+    assert counts["duplicate"] == 1 and counts["length"] == 1 and counts["no_question"] == 1
+    assert counts["copied"] == 1
+    assert counts["round_trip"] == 1  # a question about another chunk's topic: its own chunk is not found
+    assert [r["chunk_id"] for r in kept] == [good[0].id] and kept[0]["round_trip_rank"] <= 3
+
+
+def test_pseudo_labels_put_the_source_first(index):
+    c = next(c for c in index.chunks if c.title)
+    labelled = pseudo_label([{"question": f"What does the {c.title} statement do?", "chunk_id": c.id,
+                              "doc_id": c.doc_id}], index, TuneConfig(candidates=6))
+    e = labelled[0]
+    assert e["candidates"][0] == c.id and len(e["candidates"]) == 6 and len(set(e["candidates"])) == 6
+    assert e["scores"][0] >= max(e["scores"][1:]) + 1.0 - 1e-6
+
+
+@pytest.mark.slow
+def test_tuned_encoder_round_trips_through_an_index(index, docs, tmp_path, encoder):
+    texts = {c.id: c.indexed_text for c in index.chunks}
+    questions = [{"question": f"What does the {c.title} statement do?", "chunk_id": c.id, "doc_id": c.doc_id}
+                 for c in list(index.chunks)[:16] if c.title]
+    examples = pseudo_label(questions, index, TuneConfig(candidates=4))
+    summary = train_dense(examples, texts, "default", tmp_path / "dense", TuneConfig(dense_steps=3, dense_batch=4))
+    assert summary["steps"] == 3 and (tmp_path / "dense" / "modules.json").is_file()
+    assert not (tmp_path / "dense" / "train_state").exists()
+    built = Index.build(docs[:10], config=IndexConfig(encoder=str(tmp_path / "dense")))
+    path = built.save(tmp_path / "idx")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["config"]["encoder"] == str(tmp_path / "dense") and manifest["encoder"]["fingerprint"]
+    assert manifest["encoder"]["fingerprint"] != encoder.fingerprint  # the weights changed
+    back = Index.load(path)  # loads the tuned encoder the manifest names
+    q = "exception handling"
+    assert [h.chunk_id for h in back.search(q, 3, "dense")] == [h.chunk_id for h in built.search(q, 3, "dense")]
+    with pytest.raises(IndexFormatError, match="another encoder"):
+        Index.load(path, encoder=encoder)
