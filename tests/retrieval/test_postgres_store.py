@@ -244,3 +244,23 @@ def test_a_change_that_fails_midway_is_rolled_back_and_not_saved(built, postgres
     assert not back.chunks.has_document("late") and len(back.chunks) == len(built.chunks)
     with Index.writer_lock(url):  # the rollback released the lock
         pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does the server run as another user ('nobody')")
+def test_local_server_runs_from_a_copy_when_nobody_cannot_read_the_install(monkeypatch):
+    import psycopg
+
+    from ragkit.retrieval.stores.pg_server import LocalPostgres
+
+    real, calls = LocalPostgres._runs_as_user, []
+
+    def first_refused(self):  # as when ragkit is installed under /root (mode 700)
+        calls.append(self.bin)
+        return len(calls) > 1 and real(self)
+
+    monkeypatch.setattr(LocalPostgres, "_runs_as_user", first_refused)
+    with LocalPostgres() as pg:
+        assert str(pg.bin).startswith(str(pg.root))
+        with psycopg.connect(pg.conninfo) as conn:
+            conn.execute("CREATE EXTENSION vector")
+            assert conn.execute("SELECT '[1,2]'::vector <#> '[3,4]'::vector").fetchone()[0] == -11

