@@ -65,6 +65,14 @@ def topic_docs():
 
 
 @pytest.fixture(scope="session")
+def short_topic_docs(topic_docs):
+    """60 of them, cut to ~1-2 chunks each, so index tests stay quick on 2 cores."""
+    from dataclasses import replace
+
+    return [replace(d, text=d.text[:1500]) for d in topic_docs[:60]]
+
+
+@pytest.fixture(scope="session")
 def dataset():
     """`dataset("adi")`: the path of a shared BEIR data set, or the test is skipped with the reason."""
     def find(name: str) -> Path:

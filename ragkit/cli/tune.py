@@ -10,7 +10,7 @@ import typer
 from ragkit.cli.console import _fail, _safe, err, out
 from ragkit.errors import RagkitError
 
-# seconds per unit measured on 2 CPU cores (bench/tune.py): a SmolLM2 question, a dense step of 16, a ColBERT step
+# seconds per unit on 2 CPU cores (bench/tune.py): a SmolLM2 question, a dense step of 8 questions, a ColBERT step
 ESTIMATE = {"question": 1.0, "dense_step": 2.0, "colbert_step": 0.5, "chunk_encode": 0.02}
 
 
@@ -44,7 +44,7 @@ def tune(
         docs = _documents(corpus)
         n_chunks = sum(max(1, len(d.text) // 1000) for d in docs)  # a rough chunk count, for the estimate
         n = queries or int(min(1000, max(100, n_chunks // 4)))
-        steps_est = steps or int(min(400, max(60, round(2 * 0.6 * n / 16))))
+        steps_est = steps or int(min(400, max(60, round(2 * 0.6 * n / config.dense_batch))))
         est = (n * ESTIMATE["question"] + steps_est * (ESTIMATE["dense_step"] + colbert * ESTIMATE["colbert_step"])
                + 2 * n_chunks * ESTIMATE["chunk_encode"])
         err.print(f"tuning on {len(docs)} documents: about {n} questions by {llm}, ~{steps_est} steps per student; "

@@ -3,7 +3,8 @@
 1. **Query synthesis**: for sampled chunks, an LLM (any ragkit backend; the packaged SmolLM2 by
    default) writes a question the chunk answers. Questions are cached in `OUT/queries.jsonl` as they
    come, so a re-run (or a resumed one) reuses them. Filters, each counted: length bounds, a question
-   shape (ends with "?"; not a sentence copied from the chunk), de-duplication, and a round trip (the
+   shape (ends with "?"; not a sentence copied from the chunk; not about "this passage"),
+   de-duplication, and a round trip (the
    source chunk must rank in the untuned hybrid's top `round_trip_k` for its question).
 2. **Pseudo-labels**: for each kept question, hard negatives from BM25's and the dense retriever's
    tops; a teacher scores every candidate: `hybrid` (z-normalised BM25 + z-normalised cosine),
@@ -26,6 +27,7 @@ import os
 import random
 import re
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,8 +39,10 @@ from ragkit.data.chunking import Chunk
 from ragkit.errors import CorpusError, RagkitError
 
 QUESTION_SYSTEM = "You write search questions. Reply with one short question and nothing else."
-QUESTION_PROMPT = ("Passage:\n{passage}\n\nWrite one question that this passage answers. The question must make "
-                   "sense without the passage.")
+QUESTION_PROMPT = ("Passage:\n{passage}\n\nWrite one question that this passage answers, starting with "
+                   "\"{start}\". The question must make sense without the passage.")
+QUESTION_STARTS = ("What", "How", "Which", "Why")  # one per chunk, by its id: varied questions at greedy decoding
+GENERIC = re.compile(r"\b(this|the|that) (passage|text|article|question|context|document|excerpt)\b|\bthe answer\b", re.I)
 TEACHERS = ("hybrid", "colbert", "both")
 
 
@@ -56,9 +60,9 @@ class TuneConfig:
     margin: float = 1.0           # the positive's teacher score is at least the best negative's + margin
     heldout: float = 0.2          # share of kept questions held out for choosing fusion settings
     dense_steps: int = 0          # 0: auto (about 2 epochs over the training questions, 60..400)
-    dense_batch: int = 16
+    dense_batch: int = 8            # questions per step (each with `candidates` passages: memory grows with both)
     dense_lr: float = 2e-5
-    dense_max_tokens: int = 160   # passage length while training (the index encodes up to the model's own)
+    dense_max_tokens: int = 128   # passage length while training (the index encodes up to the model's own)
     student_temperature: float = 0.05
     colbert: bool = True
     colbert_steps: int = 0        # 0: as dense_steps
@@ -75,14 +79,13 @@ class TuneConfig:
 
 # -- leak guard ------------------------------------------------------------------------------------------
 def check_corpus_input(path: str | Path) -> Path:
-    """The corpus to read: a BEIR folder's corpus.jsonl, never its queries or qrels."""
+    """`path` if it is a corpus: a corpus file or folder, or a BEIR folder (read through its
+    corpus.jsonl only); never a queries file or relevance judgements (a `CorpusError`)."""
     path = Path(path)
     name = path.name.lower()
     if path.is_file() and (name.startswith("queries") or "qrels" in {p.name for p in path.parents} or name.endswith(".tsv")):
         raise CorpusError(f"refusing {path} as a corpus: it holds queries or relevance judgements; ragkit tune learns "
                           "from the documents alone (give the corpus file or the BEIR folder)")
-    if path.is_dir() and (path / "corpus.jsonl").is_file():
-        return path / "corpus.jsonl"
     return path
 
 
@@ -92,8 +95,9 @@ def question_prompt(chunk: Chunk, passage_words: int) -> list[dict]:
     passage = " ".join(words[:passage_words]) + (" ..." if len(words) > passage_words else "")
     if chunk.title:
         passage = f"{chunk.title}\n{passage}"
+    start = QUESTION_STARTS[zlib.crc32(chunk.id.encode()) % len(QUESTION_STARTS)]
     return [{"role": "system", "content": QUESTION_SYSTEM},
-            {"role": "user", "content": QUESTION_PROMPT.format(passage=passage)}]
+            {"role": "user", "content": QUESTION_PROMPT.format(passage=passage, start=start)}]
 
 
 def clean_question(raw: str) -> str:
@@ -142,14 +146,20 @@ def synthesize_questions(chunks: Sequence[Chunk], llm, out_file: Path, config: T
     return [done[c.id] for c in chunks if c.id in done]
 
 
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in open(path, encoding="utf-8") if line.strip()) if path.exists() else 0
+
+
 def _norm(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def filter_questions(records: Sequence[dict], index, config: TuneConfig) -> tuple[list[dict], dict]:
-    """Keep well-formed, distinct questions whose chunk the untuned hybrid finds; (kept, counts)."""
-    counts = {"generated": len(records), "no_question": 0, "length": 0, "copied": 0, "duplicate": 0,
-              "round_trip": 0}
+def filter_questions(records: Sequence[dict], index, config: TuneConfig,
+                     round_trip: bool = True) -> tuple[list[dict], dict]:
+    """Keep well-formed, distinct questions (and, with `round_trip`, only those whose chunk the untuned
+    hybrid finds in its top `round_trip_k`); (kept, counts)."""
+    counts = {"generated": len(records), "no_question": 0, "length": 0, "generic": 0, "copied": 0,
+              "duplicate": 0, "round_trip": 0}
     seen: set[str] = set()
     shaped = []
     for r in records:
@@ -161,6 +171,9 @@ def filter_questions(records: Sequence[dict], index, config: TuneConfig) -> tupl
         if not config.min_words <= n <= config.max_words:
             counts["length"] += 1
             continue
+        if GENERIC.search(q):  # "What is the purpose of this passage?": needs the passage to make sense
+            counts["generic"] += 1
+            continue
         key = _norm(q)
         chunk_text = _norm(index.chunks[r["chunk_id"]].text)
         if key.rstrip() and key in chunk_text and n > 6:  # a sentence of the chunk with a "?" added
@@ -171,6 +184,9 @@ def filter_questions(records: Sequence[dict], index, config: TuneConfig) -> tupl
             continue
         seen.add(key)
         shaped.append(r)
+    if not round_trip:
+        counts["kept"] = len(shaped)
+        return shaped, counts
     kept = []
     hybrid = index.retriever("hybrid" if len(index.retrievers) > 1 else None)
     for r in shaped:
@@ -319,9 +335,10 @@ def train_colbert_student(examples: Sequence[dict], texts: dict[str, str], out_d
 
 # -- 4. fusion chosen on synthetic questions --------------------------------------------------------------
 FUSION_GRID = [
-    {"members": ["bm25", "dense"], "method": "rrf", "rrf_k": k, "weights": {"bm25": 1 - w, "dense": w}}
-    for k in (10, 60) for w in (0.3, 0.5, 0.7)
-] + [{"members": ["bm25", "dense"], "method": "weighted", "weights": {"bm25": 1 - w, "dense": w}} for w in (0.3, 0.5, 0.7)]
+    {"members": ["bm25", "dense"], "method": "rrf", "rrf_k": k, "weights": {"bm25": round(1 - w, 2), "dense": w}}
+    for k in (60, 10) for w in (0.5, 0.3, 0.7)
+] + [{"members": ["bm25", "dense"], "method": "weighted", "weights": {"bm25": round(1 - w, 2), "dense": w}}
+     for w in (0.5, 0.3, 0.7)]  # the first is ragkit's default: it wins ties
 
 
 def choose_fusion(index, questions: Sequence[dict], k: int = 10) -> dict:
@@ -338,13 +355,13 @@ def choose_fusion(index, questions: Sequence[dict], k: int = 10) -> dict:
         return round(total / max(1, len(questions)), 4)
 
     rows = []
-    for name in ("bm25", "dense"):
-        rows.append({"setting": {"members": [name]}, "mrr@10": mrr(lambda q, n=name: index.retrievers[n].search(q, 5 * k))})
     for s in FUSION_GRID:
         fusion = FusionConfig(method=s["method"], rrf_k=s.get("rrf_k", 60), weights=s["weights"], candidates=100)
         hybrid = HybridRetriever({m: index.retrievers[m] for m in s["members"]}, fusion)
         rows.append({"setting": s, "mrr@10": mrr(lambda q, h=hybrid: h.search(q, 5 * k))})
-    best = max(rows, key=lambda r: r["mrr@10"])
+    for name in ("bm25", "dense"):  # after the fusions: a member alone must beat them outright
+        rows.append({"setting": {"members": [name]}, "mrr@10": mrr(lambda q, n=name: index.retrievers[n].search(q, 5 * k))})
+    best = max(rows, key=lambda r: r["mrr@10"])  # the first of equals: the default fusion before the others
     colbert = index.retrievers.get("colbert")
     if colbert is not None and len(best["setting"]["members"]) > 1:
         from ragkit.retrieval.evaluate import rerank_ranking
@@ -381,7 +398,7 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
     say = log or (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    docs = load_corpus(check_corpus_input(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)
+    docs = load_corpus(check_corpus_input(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)  # BEIR: corpus.jsonl
     if not docs:
         raise CorpusError("the corpus is empty: nothing to tune on")
     base = DEFAULT_ENCODER if encoder == "default" else encoder
@@ -399,25 +416,34 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
     sample = rng.sample(chunks, min(n, len(chunks)))
 
     # 1. questions
-    if llm is None or isinstance(llm, str):
+    owned = llm is None or isinstance(llm, str)
+    if owned:
         from ragkit.generation.loader import load_llm
 
         llm = load_llm(llm or config.llm)
     model_id = getattr(llm, "model_id", str(llm))
     say(f"writing questions for {len(sample)} chunks with {model_id}")
     t0 = time.perf_counter()
+    cached = _count_lines(out / "queries.jsonl")
     with progress_bar(f"writing questions ({model_id})", len(sample), show_progress) as advance:
         records = synthesize_questions(sample, llm, out / "queries.jsonl", config, advance)
     synth_s = time.perf_counter() - t0
-    summary["synthesis"] = {"llm": model_id, "chunks": len(sample), "seconds": round(synth_s, 1),
-                            "questions_per_s": round(len(sample) / max(synth_s, 1e-9), 3)}
+    new = _count_lines(out / "queries.jsonl") - cached
+    summary["synthesis"] = {"llm": model_id, "chunks": len(sample), "generated_now": new, "cached": len(sample) - new,
+                            "seconds": round(synth_s, 1),
+                            "questions_per_s": round(new / synth_s, 3) if new and synth_s > 0 else None}
+    if owned:
+        del llm  # its memory back before training
     with torch_threads(1):
-        kept, counts = filter_questions(records, index, config)
+        shaped, counts = filter_questions(records, index, config, round_trip=False)
+        rng.shuffle(shaped)
+        # held out before the round trip: fusion is then chosen on questions no retriever was picked by
+        n_held = int(round(config.heldout * len(shaped)))
+        held, train = shaped[:n_held], shaped[n_held:]
+        train, trip = filter_questions(train, index, config)
+    counts.update({"heldout": len(held), "round_trip": trip["round_trip"], "kept": len(train)})
     summary["filter"] = counts
-    say(f"kept {len(kept)} of {len(records)} questions ({counts})")
-    rng.shuffle(kept)
-    n_held = int(round(config.heldout * len(kept)))
-    held, train = kept[:n_held], kept[n_held:]
+    say(f"{len(held)} questions held out for fusion; {len(train)} kept for training ({counts})")
 
     # 2. pseudo-labels
     t0 = time.perf_counter()

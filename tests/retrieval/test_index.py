@@ -14,9 +14,8 @@ from ragkit import fs as store
 
 
 @pytest.fixture(scope="module")
-def docs(topic_docs):
-    # 60 real documents, cut to ~1-2 chunks each so every test stays quick on 2 cores
-    return [replace(d, text=d.text[:1500]) for d in topic_docs[:60]]
+def docs(short_topic_docs):
+    return short_topic_docs
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
 
 import pytest
 
@@ -21,8 +20,8 @@ QUERIES = ["try statement except clause", "how are keyword arguments bound", "in
 
 
 @pytest.fixture(scope="module")
-def docs(topic_docs):
-    return [replace(d, text=d.text[:1500]) for d in topic_docs[:60]]
+def docs(short_topic_docs):
+    return short_topic_docs
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """`ragkit tune`: question synthesis (filter, cache/resume), the leak guard, pseudo-labels, and a tuned
 encoder that round-trips through an index."""
 import json
-from dataclasses import replace
 
 import pytest
 
@@ -13,8 +12,8 @@ from ragkit.retrieval.tune import (TuneConfig, check_corpus_input, clean_questio
 
 
 @pytest.fixture(scope="module")
-def docs(topic_docs):
-    return [replace(d, text=d.text[:1200]) for d in topic_docs[:40]]
+def docs(short_topic_docs):
+    return short_topic_docs[:40]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,10 @@ def test_leak_guard_refuses_queries_and_qrels(tmp_path):
     for name in ("corpus.jsonl", "queries.jsonl"):
         (beir / name).write_text('{"_id": "1", "text": "x"}\n')
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t1\t1\n")
-    assert check_corpus_input(beir) == beir / "corpus.jsonl"
+    assert check_corpus_input(beir) == beir
+    from ragkit.data.corpus import load_corpus
+
+    assert [d.id for d in load_corpus(check_corpus_input(beir))] == ["1"]  # the corpus, not the queries
     with pytest.raises(CorpusError, match="queries or relevance judgements"):
         check_corpus_input(beir / "queries.jsonl")
     with pytest.raises(CorpusError, match="queries or relevance judgements"):
@@ -79,13 +81,14 @@ def test_filter_counts_every_reason(index):
         {"chunk_id": good[1].id, "doc_id": good[1].doc_id, "raw": "", "question": f"What is the {good[0].title} statement?"},
         {"chunk_id": good[1].id, "doc_id": good[1].doc_id, "raw": "", "question": "Why?"},
         {"chunk_id": good[2].id, "doc_id": good[2].doc_id, "raw": "", "question": ""},
+        {"chunk_id": good[2].id, "doc_id": good[2].doc_id, "raw": "", "question": "What is the purpose of this passage?"},
         {"chunk_id": source.id, "doc_id": source.doc_id, "raw": "", "question": sentence + "?"},
         {"chunk_id": chunks[-1].id, "doc_id": chunks[-1].doc_id, "raw": "",
          "question": f"How does the {good[0].title} statement work in Python?"},
     ]
     kept, counts = filter_questions(records, index, TuneConfig(round_trip_k=3))
     assert counts["duplicate"] == 1 and counts["length"] == 1 and counts["no_question"] == 1
-    assert counts["copied"] == 1
+    assert counts["copied"] == 1 and counts["generic"] == 1
     assert counts["round_trip"] == 1  # a question about another chunk's topic: its own chunk is not found
     assert [r["chunk_id"] for r in kept] == [good[0].id] and kept[0]["round_trip_rank"] <= 3
 
@@ -118,3 +121,18 @@ def test_tuned_encoder_round_trips_through_an_index(index, docs, tmp_path, encod
     assert [h.chunk_id for h in back.search(q, 3, "dense")] == [h.chunk_id for h in built.search(q, 3, "dense")]
     with pytest.raises(IndexFormatError, match="another encoder"):
         Index.load(path, encoder=encoder)
+
+
+def test_fusion_is_chosen_on_synthetic_questions_and_ties_keep_the_default(index):
+    from ragkit.retrieval.tune import FUSION_GRID, choose_fusion
+
+    chunks = [c for c in index.chunks if c.title][:12]
+    questions = [{"question": f"{c.title} statement", "chunk_id": c.id, "doc_id": c.doc_id} for c in chunks]
+    res = choose_fusion(index, questions)
+    assert len(res["candidates"]) == len(FUSION_GRID) + 2 and res["questions"] == 12
+    best = max(r["mrr@10"] for r in res["candidates"])
+    assert res["chosen_mrr@10"] == best
+    first_best = next(r for r in res["candidates"] if r["mrr@10"] == best)
+    assert res["chosen"] == first_best["setting"]  # equals: the earlier (ragkit's default fusion first)
+    assert FUSION_GRID[0] == {"members": ["bm25", "dense"], "method": "rrf", "rrf_k": 60,
+                              "weights": {"bm25": 0.5, "dense": 0.5}}

@@ -42,7 +42,7 @@ from ragkit.errors import IndexFormatError, IndexLockedError, OutputPathError, R
 from ragkit.fs import FORMAT, FORMAT_VERSION, MANIFEST
 from ragkit.progress import progress_bar
 from ragkit.retrieval.stores.base import IndexStore
-from ragkit.retrieval.stores.vectors import FaissConfig, FaissVectorStore, InvalidVectorsError, nonfinite_rows
+from ragkit.retrieval.stores.vectors import FaissConfig, FaissVectorStore, checked_vectors
 
 INSTALL_HINT = "pip install 'ragkit[postgres]' (psycopg and pgvector)"
 BLOB_PART = 256 * 2**20  # bytea values are split: PostgreSQL caps one value at 1 GB
@@ -543,13 +543,7 @@ class PgVectorStore:
         return [r[0] for r in rows]
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(ids) != len(vectors):
-            raise ValueError(f"expected {len(ids)} vectors of dimension {self.dim}, got shape {vectors.shape}")
-        bad = nonfinite_rows(vectors)
-        if len(bad):
-            raise InvalidVectorsError(f"{len(bad)} of {len(vectors)} vectors hold NaN or infinite values (ids "
-                                      f"{[ids[i] for i in bad[:5]]}); nothing was stored")
+        vectors = checked_vectors(ids, vectors, self.dim)
         dup = self.existing(ids)
         if dup:
             raise ValueError(f"ids already stored: {sorted(dup)[:5]}")

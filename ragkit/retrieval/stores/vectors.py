@@ -31,6 +31,19 @@ def nonfinite_rows(vectors: np.ndarray, block: int = 65536) -> np.ndarray:
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
+def checked_vectors(ids: Sequence[str], vectors: np.ndarray, dim: int) -> np.ndarray:
+    """`vectors` as float32, or a ValueError (wrong shape) / InvalidVectorsError (NaN, infinity)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim or len(ids) != len(vectors):
+        raise ValueError(f"expected {len(ids)} vectors of dimension {dim}, got shape {vectors.shape}")
+    bad = nonfinite_rows(vectors)
+    if len(bad):
+        raise InvalidVectorsError(f"{len(bad)} of {len(vectors)} vectors hold NaN or infinite values (ids "
+                                  f"{[ids[i] for i in bad[:5]]}); the encoder produced invalid embeddings, "
+                                  "nothing was stored")
+    return vectors
+
+
 class VectorStore(Protocol):
     """What a dense retriever needs from its storage."""
 
@@ -109,14 +122,7 @@ class FaissVectorStore:
             self.index.add(np.ascontiguousarray(self.vectors))
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(ids) != len(vectors):
-            raise ValueError(f"expected {len(ids)} vectors of dimension {self.dim}, got shape {vectors.shape}")
-        bad = nonfinite_rows(vectors)
-        if len(bad):
-            raise InvalidVectorsError(f"{len(bad)} of {len(vectors)} vectors hold NaN or infinite values (ids "
-                                      f"{[ids[i] for i in bad[:5]]}); the encoder produced invalid embeddings, "
-                                      "nothing was stored")
+        vectors = checked_vectors(ids, vectors, self.dim)
         dup = set(ids) & set(self.ids)
         if dup:
             raise ValueError(f"ids already stored: {sorted(dup)[:5]}")
