@@ -78,7 +78,6 @@ def main() -> None:
         with torch_threads(2):
             summary, tuned = tune(load_beir_corpus(data), WORK / name, config, show_progress=True, index=untuned,
                                   return_index=True, log=print)
-        tuned.timings = dict(untuned.timings)
         tuned_scores = score_index(tuned, data, tuple(TUNED), show_progress=True)
         systems = {n: keep(base_scores[n]) for n in UNTUNED}
         systems.update({TUNED[n]: keep(tuned_scores[n]) for n in TUNED})

@@ -402,7 +402,12 @@ class PostgresStore(IndexStore):
             advance(len(ids) % 10000)
         if self.options.use_hnsw(len(ids)):
             with progress_bar("building the HNSW index (PostgreSQL)", 1, show_progress) as advance:
-                conn.execute(f"SET LOCAL maintenance_work_mem = '1GB'")
+                # the graph is built fastest in memory: raise maintenance_work_mem for this build when the
+                # server's is smaller than the graph (vectors + neighbour lists), up to 8 GB; never lower it
+                need = int(len(ids) * (4 * store.dim + 16 * self.options.m) * 1.3) if hasattr(store, "dim") else 0
+                have = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]
+                if need > have:
+                    conn.execute(f"SET LOCAL maintenance_work_mem = '{min(need, 8 * 2**30) // 2**20}MB'")
                 conn.execute(f'CREATE INDEX dense_hnsw ON "{schema}".dense USING hnsw (embedding vector_ip_ops) '
                              f"WITH (m = {self.options.m}, ef_construction = {self.options.ef_construction})")
                 advance(1)
