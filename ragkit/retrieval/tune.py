@@ -27,7 +27,6 @@ import os
 import random
 import re
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,9 +38,9 @@ from ragkit.data.chunking import Chunk
 from ragkit.errors import CorpusError, RagkitError
 
 QUESTION_SYSTEM = "You write search questions. Reply with one short question and nothing else."
-QUESTION_PROMPT = ("Passage:\n{passage}\n\nWrite one question that this passage answers, starting with "
-                   "\"{start}\". The question must make sense without the passage.")
-QUESTION_STARTS = ("What", "How", "Which", "Why")  # one per chunk, by its id: varied questions at greedy decoding
+# (asking SmolLM2-135M to start with a given word, for variety, made two thirds of its replies non-questions)
+QUESTION_PROMPT = ("Passage:\n{passage}\n\nWrite one question that this passage answers. The question must make "
+                   "sense without the passage.")
 GENERIC = re.compile(r"\b(this|the|that) (passage|text|article|question|context|document|excerpt)\b|\bthe answer\b", re.I)
 TEACHERS = ("hybrid", "colbert", "both")
 
@@ -95,9 +94,8 @@ def question_prompt(chunk: Chunk, passage_words: int) -> list[dict]:
     passage = " ".join(words[:passage_words]) + (" ..." if len(words) > passage_words else "")
     if chunk.title:
         passage = f"{chunk.title}\n{passage}"
-    start = QUESTION_STARTS[zlib.crc32(chunk.id.encode()) % len(QUESTION_STARTS)]
     return [{"role": "system", "content": QUESTION_SYSTEM},
-            {"role": "user", "content": QUESTION_PROMPT.format(passage=passage, start=start)}]
+            {"role": "user", "content": QUESTION_PROMPT.format(passage=passage)}]
 
 
 def clean_question(raw: str) -> str:

@@ -13,16 +13,6 @@ from ragkit import CorpusError, Document, Index, IndexConfig, IndexFormatError
 from ragkit import fs as store
 
 
-@pytest.fixture(scope="module")
-def docs(short_topic_docs):
-    return short_topic_docs
-
-
-@pytest.fixture(scope="module")
-def built(encoder, docs):
-    return Index.build(docs, encoder=encoder)
-
-
 def test_search_every_retriever_returns_cited_chunks(built, docs):
     texts = {d.id: d.text for d in docs}
     for name in ("bm25", "dense", "hybrid"):

@@ -19,16 +19,6 @@ QUERIES = ["try statement except clause", "how are keyword arguments bound", "in
            "with statement context manager", "class definition and inheritance"]
 
 
-@pytest.fixture(scope="module")
-def docs(short_topic_docs):
-    return short_topic_docs
-
-
-@pytest.fixture(scope="module")
-def built(encoder, docs):
-    return Index.build(docs, encoder=encoder)
-
-
 def ranked(index, retriever, k=10):
     return [[(h.chunk_id, round(h.score, 4)) for h in index.search(q, k, retriever)] for q in QUERIES]
 
