@@ -31,7 +31,6 @@ import os
 import random
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import time

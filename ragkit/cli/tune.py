@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -35,7 +34,7 @@ def tune(
     chunks, filtered by a round trip; BM25 and dense hard negatives scored by a teacher are distilled into
     both students; fusion settings are chosen on held-out synthetic questions. Then:
     ragkit index CORPUS --out IDX --encoder DIR/dense --retrievers bm25,dense,colbert --colbert-checkpoint DIR/colbert"""
-    from ragkit.retrieval.tune import TuneConfig, check_corpus_input
+    from ragkit.retrieval.tune import TuneConfig
     from ragkit.retrieval.tune import tune as run
 
     try:

@@ -36,6 +36,7 @@ import numpy as np
 
 from ragkit.data.chunking import Chunk
 from ragkit.errors import CorpusError, RagkitError
+from ragkit.retrieval.colbert.train import zscore
 
 QUESTION_SYSTEM = "You write search questions. Reply with one short question and nothing else."
 # (asking SmolLM2-135M to start with a given word, for variety, made two thirds of its replies non-questions)
@@ -198,10 +199,6 @@ def filter_questions(records: Sequence[dict], index, config: TuneConfig,
 
 
 # -- 2. pseudo-labels --------------------------------------------------------------------------------------
-def _z(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-6)
-
-
 def pseudo_label(questions: Sequence[dict], index, config: TuneConfig) -> list[dict]:
     """Per question: candidates (the positive first, then hard negatives alternating from BM25's and
     dense's tops) and the teacher's scores for them (`colbert`/`both` need a ColBERT retriever in
@@ -232,9 +229,9 @@ def pseudo_label(questions: Sequence[dict], index, config: TuneConfig) -> list[d
         if config.teacher in ("hybrid", "both"):
             bs = bm25.scores(q, "chunk")[[bm25_row[c] for c in cands]]
             cs = vectors[[dense_row[c] for c in cands]] @ qv
-            scores += _z(np.asarray(bs, dtype=np.float64)) + _z(np.asarray(cs, dtype=np.float64))
+            scores += zscore(np.asarray(bs, dtype=np.float64)) + zscore(np.asarray(cs, dtype=np.float64))
         if config.teacher in ("colbert", "both"):
-            scores += _z(np.asarray(colbert.score(q, cands), dtype=np.float64))
+            scores += zscore(np.asarray(colbert.score(q, cands), dtype=np.float64))
         scores[0] = max(scores[0], scores[1:].max() + config.margin)
         out.append({"question": q, "chunk_id": pos, "candidates": cands,
                     "scores": [round(float(x), 4) for x in scores]})

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ragkit import Document, Index, IndexConfig, IndexFormatError
+from ragkit import Document, Index, IndexFormatError
 from ragkit.errors import IndexLockedError, OutputPathError
 from ragkit.retrieval.stores.postgres import PostgresStore, StoreURLError, parse_store_url
 

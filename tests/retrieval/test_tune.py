@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ragkit import Document, Index, IndexConfig
+from ragkit import Index, IndexConfig
 from ragkit.errors import CorpusError, IndexFormatError
 from ragkit.generation.llm.base import Generation
 from ragkit.retrieval.tune import (TuneConfig, check_corpus_input, clean_question, filter_questions, pseudo_label,

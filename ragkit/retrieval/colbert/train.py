@@ -71,6 +71,11 @@ class TrainConfig:
     threads: int = 0            # torch threads; 0: all cores
 
 
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Scores z-normalised over their candidates (how teacher scores are put on one scale)."""
+    return (x - x.mean()) / (x.std() + 1e-6)
+
+
 def _text(d: Document) -> str:
     return f"{d.title} {d.text}" if d.title else d.text
 
@@ -156,7 +161,7 @@ def synthesize_distillation(docs: Sequence[Document], n: int, seed: int = 0, can
         cand = list(dict.fromkeys([*np.argsort(-b, kind="stable")[:candidates // 2],
                                    *np.argsort(-cos, kind="stable")[:2 * candidates]]))[:candidates]
         bs, cs = b[cand], cos[cand]
-        score = (bs - bs.mean()) / (bs.std() + 1e-6) + (cs - cs.mean()) / (cs.std() + 1e-6)
+        score = zscore(bs) + zscore(cs)
         out.append((query, tuple(texts[c] for c in cand), tuple(round(float(x), 4) for x in score)))
     return out
 

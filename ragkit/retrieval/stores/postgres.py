@@ -26,7 +26,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ import numpy as np
 
 from ragkit.data.chunking import Chunk
 from ragkit.errors import IndexFormatError, IndexLockedError, OutputPathError, RagkitError, WriteError
-from ragkit.fs import FORMAT, FORMAT_VERSION, MANIFEST
+from ragkit.fs import FORMAT, FORMAT_VERSION
 from ragkit.progress import progress_bar
 from ragkit.retrieval.stores.base import IndexStore
 from ragkit.retrieval.stores.vectors import FaissConfig, FaissVectorStore, checked_vectors
@@ -404,7 +403,7 @@ class PostgresStore(IndexStore):
             with progress_bar("building the HNSW index (PostgreSQL)", 1, show_progress) as advance:
                 # the graph is built fastest in memory: raise maintenance_work_mem for this build when the
                 # server's is smaller than the graph (vectors + neighbour lists), up to 8 GB; never lower it
-                need = int(len(ids) * (4 * store.dim + 16 * self.options.m) * 1.3) if hasattr(store, "dim") else 0
+                need = int(len(ids) * (4 * store.dim + 16 * self.options.m) * 1.3)
                 have = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]
                 if need > have:
                     conn.execute(f"SET LOCAL maintenance_work_mem = '{min(need, 8 * 2**30) // 2**20}MB'")
