@@ -70,6 +70,7 @@ def main() -> None:
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
         untuned = build_eval_index(data, ["bm25", "dense", "colbert"], show_progress=True)
+        index_s = time.perf_counter() - t0
         base_scores = score_index(untuned, data, UNTUNED, show_progress=True)
         config = TuneConfig(queries=args.queries, llm=args.llm, dense_steps=args.steps, colbert_steps=args.steps,
                             teacher=args.teacher, threads=2)
@@ -82,7 +83,8 @@ def main() -> None:
         systems = {n: keep(base_scores[n]) for n in UNTUNED}
         systems.update({TUNED[n]: keep(tuned_scores[n]) for n in TUNED})
         summary = {k: v for k, v in summary.items() if k != "config"}
-        results["sets"][name] = {**systems, "tune": summary,
+        results["sets"][name] = {**systems, "tune": summary, "chunks": len(untuned.chunks),
+                                 "untuned_index_s": round(index_s, 1),
                                  "seconds_total": round(time.perf_counter() - t0, 1)}
         results["mean"] = mean_table(results["sets"])
         results["sets_done"] = sorted(results["sets"])

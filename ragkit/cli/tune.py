@@ -10,7 +10,7 @@ from ragkit.cli.console import _fail, _safe, err, out
 from ragkit.errors import RagkitError
 
 # seconds per unit on 2 CPU cores (bench/tune.py): a SmolLM2 question, a dense step of 8 questions, a ColBERT step
-ESTIMATE = {"question": 1.0, "dense_step": 2.0, "colbert_step": 0.5, "chunk_encode": 0.02}
+ESTIMATE = {"question": 1.8, "dense_step": 1.5, "colbert_step": 0.3, "chunk_encode": 0.03}
 
 
 def tune(
@@ -22,8 +22,8 @@ def tune(
                                             "SmolLM2 by default, e.g. qwen2.5-coder-1.5b, a folder or hub id)."),
     queries: int = typer.Option(0, help="Chunks to write a question for (0: a quarter of the chunks, 100 to 1,000)."),
     teacher: str = typer.Option("hybrid", help="Pseudo-label teacher: hybrid (BM25 + dense), colbert (MaxSim) or both."),
-    candidates: int = typer.Option(8, help="Candidates per question: the source chunk and hard negatives."),
-    steps: int = typer.Option(0, help="Training steps of each student (0: about two epochs, 60 to 400)."),
+    candidates: int = typer.Option(6, help="Candidates per question: the source chunk and hard negatives."),
+    steps: int = typer.Option(0, help="Training steps of each student (0: about four epochs, 100 to 400)."),
     colbert: bool = typer.Option(True, help="Also train the ColBERT checkpoint (DIR/colbert)."),
     encoder: str = typer.Option("default", help="The dense encoder to start from (hub id or folder)."),
     round_trip_k: int = typer.Option(20, help="Keep a question when its chunk is in the untuned hybrid's top k."),
@@ -34,7 +34,7 @@ def tune(
     chunks, filtered by a round trip; BM25 and dense hard negatives scored by a teacher are distilled into
     both students; fusion settings are chosen on held-out synthetic questions. Then:
     ragkit index CORPUS --out IDX --encoder DIR/dense --retrievers bm25,dense,colbert --colbert-checkpoint DIR/colbert"""
-    from ragkit.retrieval.tune import TuneConfig
+    from ragkit.retrieval.tune import TuneConfig, auto_steps
     from ragkit.retrieval.tune import tune as run
 
     try:
@@ -43,7 +43,7 @@ def tune(
         docs = _documents(corpus)
         n_chunks = sum(max(1, len(d.text) // 1000) for d in docs)  # a rough chunk count, for the estimate
         n = queries or int(min(1000, max(100, n_chunks // 4)))
-        steps_est = steps or int(min(400, max(60, round(2 * 0.6 * n / config.dense_batch))))
+        steps_est = steps or auto_steps(int(0.6 * n), config.dense_batch)  # ~60% of the questions survive
         est = (n * ESTIMATE["question"] + steps_est * (ESTIMATE["dense_step"] + colbert * ESTIMATE["colbert_step"])
                + 2 * n_chunks * ESTIMATE["chunk_encode"])
         err.print(f"tuning on {len(docs)} documents: about {n} questions by {llm}, ~{steps_est} steps per student; "
