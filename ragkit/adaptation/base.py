@@ -126,7 +126,7 @@ def read_adapter_manifest(path: str | Path) -> dict:
 NUMERIC_PARAMS = ("alpha", "w", "beta", "k", "temperature", "lambda", "nprobe", "samples", "max_new_tokens",
                   "max_passages", "threads", "min_relevance", "min_consistency", "max_duplicate", "min_words",
                   "top_p", "seed")
-BOOL_PARAMS = ("chat", "filter")
+BOOL_PARAMS = ("paired", "chat", "filter")
 STRING_PARAMS = ("sm", "prompt", "mode")
 
 

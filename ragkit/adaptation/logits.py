@@ -112,6 +112,45 @@ class SideModel:
         return self.model(input_ids=input_ids, use_cache=False).logits[0].float()
 
 
+class PairedSide(SideModel):
+    """Expert and anti-expert as one model run on a batch of two (row 0 the expert: its LoRA rows
+    switched on by `state`; row 1 the anti-expert), one KV cache for both; see
+    `ragkit.adaptation.lora_pair`. Its outputs are expert − anti-expert logit differences."""
+
+    def __init__(self, model: Any, state: Any) -> None:
+        super().__init__(model)
+        from ragkit.adaptation.lora_pair import RowLoRALinear
+
+        self.state = state
+        self.plain_head = self.plain_head and not isinstance(self.head, RowLoRALinear)
+
+    def _pair(self, module: Any, ids: torch.Tensor, **kw: Any) -> Any:
+        self.state.rows = 1
+        try:
+            return module(input_ids=ids.expand(2, -1), **kw)
+        finally:
+            self.state.rows = None
+
+    def step_diff(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """expert − anti-expert next-token logits [1, V] after `input_ids`, feeding only new tokens."""
+        new = self._new_tokens(input_ids)
+        if self.plain_head:
+            h = self._pair(self.body, new, use_cache=True, **{cache_kwarg(self.body): self.cache}).last_hidden_state[:, -1]
+            return self.head(h[:1] - h[1:]).float()
+        z = self._pair(self.model, new, use_cache=True, logits_to_keep=1,
+                       **{cache_kwarg(self.model): self.cache}).logits[:, -1].float()
+        return z[:1] - z[1:]
+
+    def window_diff(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """expert − anti-expert logits [T, V] for every position of one sequence [1, T], no cache."""
+        _batch1(input_ids)
+        if self.plain_head:
+            h = self._pair(self.body, input_ids, use_cache=False).last_hidden_state
+            return self.head(h[0] - h[1]).float()
+        z = self._pair(self.model, input_ids, use_cache=False).logits.float()
+        return z[0] - z[1]
+
+
 def _shares_head(a: SideModel, b: SideModel) -> bool:
     wa, wb = a.head.weight, b.head.weight
     return a.plain_head and b.plain_head and wa.shape == wb.shape and (wa is wb or torch.equal(wa, wb))
@@ -156,17 +195,28 @@ class _Processor(LogitsProcessor):
 
 class ProxyTuningProcessor(_Processor):
     """`scores + α·(z_expert − z_anti)` over the common vocabulary (equal, after any softmax, to
-    `scores + α·(log_softmax(expert) − log_softmax(anti_expert))`)."""
+    `scores + α·(log_softmax(expert) − log_softmax(anti_expert))`). `ProxyTuningProcessor.paired`:
+    the expert a LoRA on the anti-expert's weights, both run as one batch of two."""
 
     def __init__(self, expert: Any, anti_expert: Any, alpha: float = 0.1) -> None:
         self.expert, self.anti = SideModel(expert), SideModel(anti_expert)
         self.alpha = float(alpha)
         self.shared_head = _shares_head(self.expert, self.anti)
+        self.pair: PairedSide | None = None
+
+    @classmethod
+    def paired(cls, model: Any, state: Any, alpha: float = 0.1) -> "ProxyTuningProcessor":
+        """Expert and anti-expert as one model with row LoRA installed (`lora_pair.install_row_lora`)."""
+        self = cls.__new__(cls)
+        self.pair, self.alpha, self.shared_head = PairedSide(model, state), float(alpha), False
+        return self
 
     def is_identity(self) -> bool:
         return self.alpha == 0.0
 
     def step_side(self, input_ids):
+        if self.pair is not None:
+            return self.pair.step_diff(input_ids)
         if self.shared_head:  # both bodies, then one head row for the difference
             return self.expert.head(self.expert.step_hidden(input_ids) - self.anti.step_hidden(input_ids)).float()
         e, a = self.expert.step_logits(input_ids), self.anti.step_logits(input_ids)
@@ -174,6 +224,8 @@ class ProxyTuningProcessor(_Processor):
         return e[..., :n] - a[..., :n]
 
     def batched_side(self, input_ids, hidden=None):
+        if self.pair is not None:
+            return self.pair.window_diff(input_ids)
         if self.shared_head:
             return self.expert.head(self.expert.window_hidden(input_ids) - self.anti.window_hidden(input_ids)).float()
         e, a = self.expert.window_logits(input_ids), self.anti.window_logits(input_ids)
@@ -495,12 +547,55 @@ class _ModelBacked(LogitsAdapter):
 
 
 class ProxyAdapter(_ModelBacked):
+    """Proxy-tuning. When the expert is a LoRA whose base is the anti-expert (and the manifest's
+    `params.paired` is not false), both run as one batch of two through the anti-expert's weights
+    (`lora_pair`); `self.paired_reason` says why not otherwise."""
+
     kind = "proxy"
     roles = ("expert", "anti_expert")
 
     def logits_processor(self, llm):
-        return ProxyTuningProcessor(self._checked(llm, "expert"), self._checked(llm, "anti_expert"),
-                                    alpha=self.p("alpha", 0.0))
+        alpha = self.p("alpha", 0.0)
+        pair = self.pair_model()
+        if pair is not None:
+            model, tok, name, state = pair
+            _check_tokenizers(llm, tok, name)
+            return ProxyTuningProcessor.paired(model, state, alpha=alpha)
+        return ProxyTuningProcessor(self._checked(llm, "expert"), self._checked(llm, "anti_expert"), alpha=alpha)
+
+    def pair_model(self):
+        """(model, tokenizer, name, row-LoRA state) for the paired run, loaded once; None (with
+        `self.paired_reason`) when the expert is not a plain LoRA of the anti-expert."""
+        if "pair" in self._models:
+            return self._models["pair"]
+        from ragkit.adaptation.lora_pair import install_row_lora, lora_base_id, lora_folder
+        from ragkit.generation.loader import base_model_id, load_causal_lm
+
+        refs = self.manifest.get("models", {})
+        self.paired_reason = "params.paired is false"
+        if not self.p("paired", True) or "expert" not in refs or "anti_expert" not in refs:
+            return None
+        expert = resolve_model_ref(refs["expert"], self.path)
+        anti = resolve_model_ref(refs["anti_expert"], self.path)
+        folder = lora_folder(expert)
+        if folder is None:
+            self.paired_reason = "the expert is not a LoRA adapter"
+            return None
+        expert_base, anti_base = lora_base_id(expert, folder), base_model_id(anti)
+        if expert_base != anti_base:
+            self.paired_reason = f"the expert's base {expert_base!r} is not the anti-expert {anti_base!r}"
+            return None
+        model, tok, name = load_causal_lm(anti, "auto")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            state = install_row_lora(model, folder)
+        except AdapterError as e:
+            self.paired_reason = str(e)
+            return None
+        self.paired_reason = None
+        self._models["pair"] = (model, tok, f"expert+anti-expert {name}", state)
+        return self._models["pair"]
 
 
 class PoEAdapter(_ModelBacked):

@@ -14,7 +14,10 @@
    student's): the dense bi-encoder (written to `OUT/dense`, a sentence-transformers folder:
    `--encoder OUT/dense`) and the ColBERT checkpoint (`OUT/colbert`, the existing trainer). Both
    trainings resume from their checkpoints.
-4. **Fusion** settings (RRF k, weights, members, rerank depth) chosen on held-out synthetic questions
+4. **Held-out check**: each student against its untuned self on held-out synthetic questions (MRR of
+   the source document in the untuned hybrid's top 30 reordered by it); one that loses is reported
+   (`tune.json` "use") and the tuned index keeps the untuned retriever for it.
+5. **Fusion** settings (RRF k, weights, members, rerank depth) chosen on the same held-out questions
    (never on judged queries), reported in `OUT/fusion.json` and `OUT/tune.json`.
 
 Leak guard: synthesis reads chunks only; a BEIR folder is read through its `corpus.jsonl` and a
@@ -22,6 +25,7 @@ Leak guard: synthesis reads chunks only; a BEIR folder is read through its `corp
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -278,6 +282,16 @@ def train_dense(examples: Sequence[dict], texts: dict[str, str], base: str, out_
     state_dir = out_dir / "train_state"
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = config.dense_steps or auto_steps(len(examples), config.dense_batch)
+    record = out_dir / "ragkit_training.json"  # written last: a finished run with the same data is reused
+    fingerprint = {"steps": steps, "examples": len(examples), "base": base,
+                   "data": hashlib.sha256(json.dumps(list(examples), sort_keys=True).encode()).hexdigest()[:16],
+                   "config": {k: v for k, v in asdict(config).items() if k.startswith("dense") or k in
+                              ("candidates", "teacher", "margin", "student_temperature", "precision", "seed")}}
+    if record.is_file() and not state_dir.exists():
+        done = json.loads(record.read_text(encoding="utf-8"))
+        if done.get("fingerprint") == fingerprint:
+            return {**done["summary"], "reused": True}
+    record.unlink(missing_ok=True)
     with torch_threads(config.threads or os.cpu_count() or 1):
         torch.manual_seed(config.seed)
         source = str(state_dir) if read_state(state_dir) is not None else resolve_model_path(base)[1]
@@ -322,10 +336,12 @@ def train_dense(examples: Sequence[dict], texts: dict[str, str], base: str, out_
         model.save(str(out_dir))
         shutil.rmtree(state_dir, ignore_errors=True)
     losses = r["losses"]
-    return {"steps": steps, "resumed_from_step": r["resumed_from_step"], "examples": len(examples),
+    summary = {"steps": steps, "resumed_from_step": r["resumed_from_step"], "examples": len(examples),
             "loss_first10": round(float(np.mean(losses[:10])), 4), "loss_last10": round(float(np.mean(losses[-10:])), 4),
             "seconds": round(r["seconds"], 1), "steps_per_s": round((steps - r["resumed_from_step"]) / max(r["seconds"], 1e-9), 3),
             "threads": r["threads"], "precision": str(dtype).removeprefix("torch.")}
+    record.write_text(json.dumps({"fingerprint": fingerprint, "summary": summary}, indent=2) + "\n", encoding="utf-8")
+    return summary
 
 
 def train_colbert_student(examples: Sequence[dict], texts: dict[str, str], out_dir: Path, config: TuneConfig,
@@ -348,7 +364,55 @@ def train_colbert_student(examples: Sequence[dict], texts: dict[str, str], out_d
         "steps_per_s": round((r["steps"] - r["resumed_from_step"]) / max(r["seconds"], 1e-9), 3)}
 
 
-# -- 4. fusion chosen on synthetic questions --------------------------------------------------------------
+# -- 4. each student checked on held-out synthetic questions ----------------------------------------------
+def heldout_check(questions: Sequence[dict], index, dense_dir: Path, colbert_dir: Path | None,
+                  texts: dict[str, str], depth: int = 30, k: int = 10) -> dict:
+    """Untuned vs tuned, per student, on held-out synthetic questions (never judged ones): MRR@k of
+    each question's source document when the untuned hybrid's top `depth` chunks are reordered by the
+    student (only those pools are encoded, not the corpus). A student that loses to its untuned
+    self is reported `kept: "untuned"` (a few hundred synthetic questions can overfit it)."""
+    from ragkit.retrieval.encoder import SentenceEncoder
+    from ragkit.retrieval.rerank import ColBERTReranker
+
+    hybrid = index.retriever("hybrid" if len(index.retrievers) > 1 else None)
+    pools = [[cid for cid, _ in hybrid.search(r["question"], depth)] for r in questions]
+    doc_of = {c.id: c.doc_id for c in index.chunks.get_many(sorted({c for p in pools for c in p})).values()}
+
+    def mrr(scores_of: Callable[[str, list[str]], Sequence[float]]) -> float:
+        total = 0.0
+        for r, pool in zip(questions, pools):
+            s = scores_of(r["question"], pool)
+            ranked = [pool[i] for i in sorted(range(len(pool)), key=lambda i: -s[i])]
+            docs = list(dict.fromkeys(doc_of[c] for c in ranked))[:k]
+            total += 1.0 / (docs.index(r["doc_id"]) + 1) if r["doc_id"] in docs else 0.0
+        return round(total / max(1, len(questions)), 4)
+
+    def dense_scores(encoder) -> Callable:
+        ids = sorted(doc_of)
+        row = {c: i for i, c in enumerate(ids)}
+        vectors = encoder.encode([texts[c] for c in ids])
+        return lambda q, pool: (vectors[[row[c] for c in pool]] @ encoder.encode_query(q)[0]).tolist()
+
+    def colbert_scores(reranker) -> Callable:
+        hit = lambda c: Hit(0, 0.0, c, doc_of[c], "", texts[c], "", 0, 0)  # noqa: E731 - texts: title + text
+        return lambda q, pool: reranker.scores(q, [hit(c) for c in pool])
+
+    from ragkit.retrieval.index import Hit
+
+    out = {"questions": len(questions), "pool_depth": depth}
+    untuned = index.retrievers["dense"].encoder
+    out["dense"] = {"untuned": mrr(dense_scores(untuned)), "tuned": mrr(dense_scores(SentenceEncoder.from_pretrained(str(dense_dir))))}
+    if colbert_dir is not None:
+        base = index.config.colbert.checkpoint or "default"
+        out["colbert"] = {"untuned": mrr(colbert_scores(ColBERTReranker(base))),
+                          "tuned": mrr(colbert_scores(ColBERTReranker(str(colbert_dir))))}
+    for name in ("dense", "colbert"):
+        if name in out:
+            out[name]["kept"] = "tuned" if out[name]["tuned"] >= out[name]["untuned"] else "untuned"
+    return out
+
+
+# -- 5. fusion chosen on synthetic questions --------------------------------------------------------------
 FUSION_GRID = [
     {"members": ["bm25", "dense"], "method": "rrf", "rrf_k": k, "weights": {"bm25": round(1 - w, 2), "dense": w}}
     for k in (60, 10) for w in (0.5, 0.3, 0.7)
@@ -476,13 +540,24 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
     if config.colbert:
         summary["colbert"] = train_colbert_student(examples, texts, out / "colbert", config, show_progress)
 
-    # 4. fusion on the held-out synthetic questions, with the tuned students
+    # 4. each student against its untuned self on the held-out questions; 5. fusion on them
+    keep = {"dense": "tuned", "colbert": "tuned"}
+    if held:
+        with torch_threads(1):
+            check = heldout_check(held, index, out / "dense", out / "colbert" if config.colbert else None, texts)
+        summary["heldout_check"] = check
+        keep.update({n: check[n]["kept"] for n in keep if n in check})
+        for n, verdict in keep.items():
+            if verdict == "untuned":
+                say(f"the tuned {n} retriever lost to the untuned one on the held-out synthetic questions "
+                    f"(MRR@10 {check[n]['tuned']} vs {check[n]['untuned']}): the tuned index keeps the untuned {n}")
+    summary["use"] = keep
     tuned = None
     if held or return_index:
         tuned = Index(IndexConfig(retrievers=["bm25", "dense", *(["colbert"] if config.colbert else [])],
-                                  encoder=str(out / "dense"),
+                                  encoder=str(out / "dense") if keep["dense"] == "tuned" else base,
                                   colbert=replace_checkpoint(index.config.colbert, out / "colbert")
-                                  if config.colbert else index.config.colbert))
+                                  if config.colbert and keep["colbert"] == "tuned" else index.config.colbert))
         with torch_threads(config.threads or os.cpu_count() or 1):
             tuned.add(docs, show_progress=show_progress)
     if held:

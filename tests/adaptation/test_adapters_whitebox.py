@@ -459,3 +459,40 @@ def test_domain_split_has_no_leaks():
     join = lambda names: "\n\n".join(docs[n] for n in names)  # noqa: E731
     rep = overlap_report(join(s["train"]), join(s["test"]))
     assert rep["long_lines_in_train"] == 0 and rep["shared_ngram_share"] < 0.01
+
+
+def test_proxy_with_a_lora_expert_runs_expert_and_anti_expert_as_one_batch(tmp_path):
+    """An expert that is a LoRA on the anti-expert: one model, a batch of two rows (the LoRA on row 0
+    only), gives the same adjusted scores as the merged expert and the anti-expert run apart, on the
+    cached step path and the batched (evaluation) path; `paired: false` and a non-LoRA expert fall
+    back to two models."""
+    from ragkit.adaptation.lora_pair import RowLoRALinear
+    from ragkit.adaptation.train import finetune, load_causal_lm
+    from ragkit.generation.llm.hf import HFCausalLM
+
+    small_dir, llm_dir = tiny_llm_folder(tmp_path, seed=3, name="small"), tiny_llm_folder(tmp_path)
+    lora = finetune(str(small_dir), tiny_text(), tmp_path / "lora", kind="lora", steps=3, block=16, batch=2,
+                    lora_r=4, lr=5e-2, threads=1, progress=False)
+    px = create("proxy", tmp_path / "px", {"expert": str(lora), "anti_expert": str(small_dir)}, str(llm_dir))
+    llm = HFCausalLM.from_pretrained(str(llm_dir))
+    adapter = load_adapter(px, alpha=1.0)
+    paired = adapter.logits_processor(llm)
+    assert paired.pair is not None, adapter.paired_reason
+    model = paired.pair.model
+    assert sum(isinstance(m, RowLoRALinear) for m in model.modules()) == 2 * 7  # 2 layers x 7 projections
+    expert, anti = load_causal_lm(lora)[0], load_causal_lm(small_dir)[0]
+    apart = ProxyTuningProcessor(expert, anti, alpha=1.0)
+    ids = torch.randint(3, V, (1, 12), generator=torch.Generator().manual_seed(4))
+    got, want = step_scores(llm.model, paired, ids, 4), step_scores(llm.model, apart, ids, 4)
+    delta = max((g - w).abs().max().item() for g, w in zip(got, want))
+    moved = max((w - llm.model(input_ids=ids[:, :4 + i]).logits[:, -1].float()).abs().max().item()
+                for i, w in enumerate(want[:3]))
+    assert delta < 1e-4 and moved > 1e-2  # equal, and the LoRA did change the scores
+    assert torch.allclose(batched_scores(llm.model, paired, ids), batched_scores(llm.model, apart, ids), atol=1e-4)
+    # between calls the shared model is its plain base (the LoRA rows are off)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, anti(input_ids=ids).logits, atol=1e-5)
+    assert load_adapter(px, alpha=1.0, paired=False).logits_processor(llm).pair is None
+    full = create("proxy", tmp_path / "px2", {"expert": str(small_dir), "anti_expert": str(small_dir)}, str(llm_dir))
+    a2 = load_adapter(full, alpha=1.0)
+    assert a2.logits_processor(llm).pair is None and "not a LoRA" in a2.paired_reason

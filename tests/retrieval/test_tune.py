@@ -111,6 +111,9 @@ def test_tuned_encoder_round_trips_through_an_index(index, docs, tmp_path, encod
     summary = train_dense(examples, texts, "default", tmp_path / "dense", TuneConfig(dense_steps=3, dense_batch=4))
     assert summary["steps"] == 3 and (tmp_path / "dense" / "modules.json").is_file()
     assert not (tmp_path / "dense" / "train_state").exists()
+    again = train_dense(examples, texts, "default", tmp_path / "dense", TuneConfig(dense_steps=3, dense_batch=4))
+    assert again["reused"] and again["steps"] == 3  # a finished run with the same data is not trained again
+    assert not train_dense(examples, texts, "default", tmp_path / "d2", TuneConfig(dense_steps=2, dense_batch=4)).get("reused")
     built = Index.build(docs[:10], config=IndexConfig(encoder=str(tmp_path / "dense")))
     path = built.save(tmp_path / "idx")
     manifest = json.loads((path / "manifest.json").read_text())
@@ -136,3 +139,34 @@ def test_fusion_is_chosen_on_synthetic_questions_and_ties_keep_the_default(index
     assert res["chosen"] == first_best["setting"]  # equals: the earlier (ragkit's default fusion first)
     assert FUSION_GRID[0] == {"members": ["bm25", "dense"], "method": "rrf", "rrf_k": 60,
                               "weights": {"bm25": 0.5, "dense": 0.5}}
+
+
+@pytest.mark.slow
+def test_heldout_check_keeps_a_student_only_when_it_does_not_lose(index, encoder, tmp_path):
+    """The untuned model saved as the "tuned" one ties with itself (kept); a damaged encoder loses to
+    the untuned one on held-out synthetic questions (reported, so the tuned index keeps the untuned)."""
+    import torch
+
+    from ragkit.retrieval.colbert.model import ColBERTModel
+    from ragkit.retrieval.tune import heldout_check
+
+    texts = {c.id: c.indexed_text for c in index.chunks}
+    questions = [{"question": f"What does the {c.title} statement do?", "chunk_id": c.id, "doc_id": c.doc_id}
+                 for c in list(index.chunks) if c.title][:10]
+    encoder.model.save(str(tmp_path / "same"))
+    ColBERTModel.from_pretrained("default").save_pretrained(tmp_path / "colbert")
+    same = heldout_check(questions, index, tmp_path / "same", tmp_path / "colbert", texts)
+    assert same["dense"]["tuned"] == same["dense"]["untuned"] > 0.3 and same["dense"]["kept"] == "tuned"
+    assert same["colbert"]["tuned"] == same["colbert"]["untuned"] > 0.3 and same["colbert"]["kept"] == "tuned"
+    from sentence_transformers import SentenceTransformer
+
+    bad = SentenceTransformer(str(tmp_path / "same"), device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, w in bad.named_parameters():
+            if "encoder.layer" in name:
+                w.copy_(torch.randn(w.shape, generator=g) * w.std())
+    bad.save(str(tmp_path / "bad"))
+    worse = heldout_check(questions, index, tmp_path / "bad", None, texts)
+    assert worse["dense"]["tuned"] < worse["dense"]["untuned"] and worse["dense"]["kept"] == "untuned"
+    assert "colbert" not in worse
