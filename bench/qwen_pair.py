@@ -23,6 +23,8 @@ Phase `pydocs`: the white-box figures of the Python-docs domain (`knn`, `proxy`,
 gap_closed, speed_ratio) copied from the `ragkit adapter eval --json` file the Qwen recipe of
 docs/adaptation.md writes (`--eval-json`).
 
+Phase `proxy_pair`: see `proxy_pair` below (the expert and anti-expert as one batch of two vs apart).
+
 Results merge into bench/results/qwen_pair.json under the phase's key.
 """
 from __future__ import annotations
@@ -234,9 +236,47 @@ def whitebox(args) -> dict:
     return out
 
 
+def proxy_pair(args) -> dict:
+    """Phase `proxy_pair`: the proxy adapter of the Qwen recipe (expert = the 0.5B LoRA, anti-expert =
+    the untuned 0.5B) run as one batch of two through the 0.5B's weights (`lora_pair`, ragkit's
+    default for such a pair) vs the same two models run apart (the peer: `paired: false`), on the
+    pydocs test text: perplexity (the same windows as the recipe's eval) and greedy decode tokens/s
+    of the 1.5B alone and with each. gap_closed uses the 1.5B LoRA reference's perplexity from
+    `--eval-json` (the recipe's eval: same text, tokens, window and stride)."""
+    from ragkit.adaptation import load_adapter
+    from ragkit.adaptation.evaluate import WindowScorer, decode_speed, gap_closed, perplexities
+    from ragkit.generation.llm.hf import HFCausalLM
+
+    ref = json.loads(Path(args.eval_json).read_text())
+    text = Path(args.text).read_text(encoding="utf-8")
+    llm = HFCausalLM.from_pretrained("qwen2.5-coder-1.5b")
+    paired, apart = load_adapter(args.proxy), load_adapter(args.proxy, paired=False)
+    pp, pa = paired.logits_processor(llm), apart.logits_processor(llm)
+    if pp.pair is None:
+        sys.exit(f"{args.proxy}: not run as a pair ({paired.paired_reason})")
+    t = time.perf_counter()
+    ppl = perplexities(llm, text, {"base": [], "paired": [pp], "two_models": [pa]}, ref["window"], ref["stride"],
+                       ref["tokens"] + 1, 2, {}, True)
+    eval_s = time.perf_counter() - t
+    prompt = WindowScorer(llm, text, max_tokens=64).ids.unsqueeze(0)
+    tps = decode_speed(llm, {"base": [], "paired": [paired], "two_models": [apart]}, prompt, 48, 3)
+    lora_ppl = ref["systems"]["lora"]["ppl"]
+    rows = {n: {"ppl": round(ppl[n], 4), "gap_closed": round(gap_closed(ppl["base"], ppl[n], lora_ppl) or 0.0, 4),
+                "decode_tokens_per_s": tps[n], "speed_ratio": round(tps[n] / tps["base"], 4)} for n in tps}
+    print(table(["system", "ppl", "gap closed", "decode tok/s", "speed ratio"],
+                [[n, r["ppl"], r["gap_closed"], r["decode_tokens_per_s"], r["speed_ratio"]] for n, r in rows.items()]))
+    return {"method": proxy_pair.__doc__.split("\n\n")[0].replace("\n", " "), "proxy": args.proxy,
+            "alpha": paired.manifest.get("params", {}).get("alpha"), "tokens": ppl["_tokens"],
+            "lora_ppl_from": Path(args.eval_json).name, "lora_ppl": lora_ppl, "systems": rows,
+            "paired_vs_two_models_speed": round(tps["paired"] / tps["two_models"], 3),
+            "eval_seconds": round(eval_s, 1), "threads": {"perplexity": 2, "decode": 1}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["speculative", "cascade", "pydocs"])
+    ap.add_argument("phase", choices=["speculative", "cascade", "pydocs", "proxy_pair"])
+    ap.add_argument("--proxy", default="adapters/q15-pydocs-proxy", help="proxy_pair: the proxy adapter folder")
+    ap.add_argument("--text", default="corpora/pydocs-lm/test.txt", help="proxy_pair: held-out text")
     ap.add_argument("--eval-json", default=str(RESULTS / "qwen_pair_pydocs_adapters.json"),
                     help="pydocs: the `ragkit adapter eval --json` file of the Qwen recipe")
     ap.add_argument("--limit", type=int, default=200, help="cascade: test questions")
@@ -244,7 +284,8 @@ def main() -> None:
     args = pydocs_generation_args(ap)
     path = RESULTS / "qwen_pair.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    res[args.phase] = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox}[args.phase](args)
+    res[args.phase] = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox,
+                       "proxy_pair": proxy_pair}[args.phase](args)
     res["environment"] = environment()
     write_results("qwen_pair", res)
 
