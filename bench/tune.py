@@ -47,6 +47,34 @@ def mean_table(sets: dict) -> dict:
             for n in names if all(n in s for s in sets.values())}
 
 
+def cost_table(sets: dict) -> dict:
+    """Per set: corpus size and the cost of each stage; and how index time grows with the number of
+    chunks (log-log slope over the sets). Questions/s and steps/s do not depend on the corpus size
+    (a question reads one chunk, a step a fixed number of passages)."""
+    import math
+
+    rows = {}
+    for name, s in sets.items():
+        t = s.get("tune", {})
+        rows[name] = {"documents": t.get("corpus_documents"), "chunks": s.get("chunks"),
+                      "untuned_index_s": s.get("untuned_index_s"),
+                      "questions_per_s": (t.get("synthesis") or {}).get("questions_per_s"),
+                      "synthesis_s": (t.get("synthesis") or {}).get("seconds"),
+                      "dense_steps": (t.get("dense") or {}).get("steps"),
+                      "dense_steps_per_s": (t.get("dense") or {}).get("steps_per_s"),
+                      "colbert_steps_per_s": (t.get("colbert") or {}).get("steps_per_s"),
+                      "seconds_total": s.get("seconds_total")}
+    pts = [(math.log(r["chunks"]), math.log(r["untuned_index_s"])) for r in rows.values()
+           if r["chunks"] and r["untuned_index_s"] and r["chunks"] >= 500]
+    slope = None
+    if len(pts) >= 2:
+        mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        slope = round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 3) if sxx else None
+    return {"per_set": rows, "index_time_growth_exponent": slope,
+            "note": "index time: chunking + BM25 + one MiniLM pass for dense and ColBERT (sets of 500+ chunks)"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default=",".join(SETS))
@@ -92,6 +120,9 @@ def main() -> None:
         write_results("tune", results)
         rows = [[n, m["nDCG@10"], m["R@100"]] for n, m in systems.items()]
         print(table(["system", "nDCG@10", "R@100"], rows))
+    if results["sets"]:
+        results["cost"] = cost_table(results["sets"])
+        write_results("tune", results)
     if results.get("mean"):
         rows = [[n, m["nDCG@10"], m["R@100"]] for n, m in results["mean"].items()]
         print(f"mean over {len(results['sets'])} sets: {', '.join(sorted(results['sets']))}")
