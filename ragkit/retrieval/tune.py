@@ -554,12 +554,13 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
     summary["use"] = keep
     tuned = None
     if held or return_index:
-        tuned = Index(IndexConfig(retrievers=["bm25", "dense", *(["colbert"] if config.colbert else [])],
+        members = ["bm25", "dense", *(["colbert"] if config.colbert else [])]
+        tuned = Index(IndexConfig(retrievers=members,
                                   encoder=str(out / "dense") if keep["dense"] == "tuned" else base,
                                   colbert=replace_checkpoint(index.config.colbert, out / "colbert")
                                   if config.colbert and keep["colbert"] == "tuned" else index.config.colbert))
         with torch_threads(config.threads or os.cpu_count() or 1):
-            tuned.add(docs, show_progress=show_progress)
+            tuned = _index_reusing(tuned, index, docs, members, keep, show_progress)
     if held:
         with torch_threads(1):
             fusion = choose_fusion(tuned, held)
@@ -574,6 +575,35 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
                                                weights=chosen["weights"])
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     return (summary, tuned) if return_index else summary
+
+
+def _index_reusing(tuned, untuned, docs, members: list[str], keep: dict, show_progress: bool | None):
+    """`tuned` filled with `docs`, taking the retrievers it shares with `untuned` (BM25, and a student
+    kept untuned) from it instead of indexing them again; a full build when the chunks differ."""
+    from ragkit.retrieval.index import Index
+
+    same = [m for m in members if m in untuned.retrievers and (m == "bm25" or keep.get(m) == "untuned")
+            and (m != "colbert" or untuned.config.colbert == tuned.config.colbert)]
+    if same == members:  # nothing new to encode: BM25 is rebuilt (cheap), so the index has its own chunks
+        same.remove("bm25")
+    build = [m for m in members if m not in same]
+    if not same or "dense" not in build and tuned.config.encoder != untuned.config.encoder:
+        tuned.add(docs, show_progress=show_progress)
+        return tuned
+    part = Index(replace_config(tuned.config, retrievers=build), encoder=tuned.encoder)
+    part.add(docs, show_progress=show_progress)
+    if [c.id for c in part.chunks] != [c.id for c in untuned.chunks]:  # another chunking: index all
+        tuned.add(docs, show_progress=show_progress)
+        return tuned
+    part.config = tuned.config
+    part.retrievers = {m: part.retrievers[m] if m in build else untuned.retrievers[m] for m in members}
+    return part
+
+
+def replace_config(config, **changes):
+    from dataclasses import replace
+
+    return replace(config, **changes)
 
 
 def replace_checkpoint(colbert_config, checkpoint: Path):

@@ -170,3 +170,30 @@ def test_heldout_check_keeps_a_student_only_when_it_does_not_lose(index, encoder
     worse = heldout_check(questions, index, tmp_path / "bad", None, texts)
     assert worse["dense"]["tuned"] < worse["dense"]["untuned"] and worse["dense"]["kept"] == "untuned"
     assert "colbert" not in worse
+
+
+@pytest.mark.slow
+def test_tune_end_to_end_reuses_what_did_not_change(docs, encoder, tmp_path):
+    """The whole run with a scripted question writer: every file of the contract is written, the
+    summary counts add up, and the tuned index takes BM25 (and any student kept untuned) from the
+    untuned index instead of indexing it again, over the very same chunks."""
+    from ragkit.retrieval.tune import tune
+
+    untuned = Index.build(docs[:30], config=IndexConfig(retrievers=["bm25", "dense", "colbert"]), encoder=encoder)
+    answers = {" ".join(c.text.split()[:8]): "What about " + " ".join(c.text.split()[2:6]) + "?" for c in untuned.chunks}
+    config = TuneConfig(queries=24, dense_steps=2, colbert_steps=2, dense_batch=4, candidates=4, heldout=0.3,
+                        workers=1, threads=1)
+    summary, tuned = tune(docs[:30], tmp_path / "t", config, llm=ScriptedLLM(answers), index=untuned,
+                          return_index=True)
+    for f in ("queries.jsonl", "examples.jsonl", "fusion.json", "tune.json", "dense/modules.json"):
+        assert (tmp_path / "t" / f).is_file(), f
+    assert (tmp_path / "t" / "colbert").is_dir()
+    counts = summary["filter"]
+    assert counts["generated"] == 24 and counts["kept"] + counts["heldout"] <= 24 and counts["heldout"] > 0
+    assert set(summary["use"]) == {"dense", "colbert"} and summary["heldout_check"]["questions"] == counts["heldout"]
+    assert tuned.retrievers["bm25"] is untuned.retrievers["bm25"]
+    for name, verdict in summary["use"].items():
+        assert (tuned.retrievers[name] is untuned.retrievers[name]) == (verdict == "untuned")
+    assert [c.id for c in tuned.chunks] == [c.id for c in untuned.chunks]
+    for name in ("bm25", "dense", "colbert", "hybrid"):
+        assert tuned.search("exception handling", 3, name)
