@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -19,7 +20,11 @@ def tune(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write: dense/ (a sentence-transformers model), "
                                                           "colbert/, queries.jsonl, fusion.json, tune.json; a re-run resumes."),
     llm: str = typer.Option("default", help="The LLM that writes the questions: a model reference (packaged "
-                                            "SmolLM2 by default, e.g. qwen2.5-coder-1.5b, a folder or hub id)."),
+                                            "SmolLM2 by default, e.g. qwen2.5-coder-1.5b, a folder or hub id); "
+                                            "with --config, the endpoint's model."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML whose llm section is the "
+                                               "question writer (e.g. backend openai, base_url: an OpenAI-compatible "
+                                               "endpoint; the key from the environment)."),
     queries: int = typer.Option(0, help="Chunks to write a question for (0: a quarter of the chunks, 100 to 1,000)."),
     teacher: str = typer.Option("hybrid", help="Pseudo-label teacher: hybrid (BM25 + dense), colbert (MaxSim) or both."),
     candidates: int = typer.Option(6, help="Candidates per question: the source chunk and hard negatives."),
@@ -48,7 +53,16 @@ def tune(
                + 2 * n_chunks * ESTIMATE["chunk_encode"])
         err.print(f"tuning on {len(docs)} documents: about {n} questions by {llm}, ~{steps_est} steps per student; "
                   f"estimated {est / 60:.0f} min on 2 CPU cores (more with a larger LLM)")
-        summary = run(docs, out_dir, config, encoder=encoder, show_progress=True, log=err.print)
+        writer = None
+        if config_file is not None:
+            from ragkit.config import PipelineConfig
+            from ragkit.generation.loader import load_llm
+
+            llm_config = PipelineConfig.from_yaml(config_file).llm
+            if llm != "default":
+                llm_config.model = llm
+            writer = load_llm(llm_config)
+        summary = run(docs, out_dir, config, llm=writer, encoder=encoder, show_progress=True, log=err.print)
     except (RagkitError, ValueError, OSError) as e:
         _fail(e)
     f = summary["filter"]
