@@ -597,6 +597,7 @@ def _index_reusing(tuned, untuned, docs, members: list[str], keep: dict, show_pr
         return tuned
     part.config = tuned.config
     part.retrievers = {m: part.retrievers[m] if m in build else untuned.retrievers[m] for m in members}
+    part.timings.update({m: untuned.timings.get(m, 0.0) for m in same})  # what indexing them cost, once
     return part
 
 

@@ -197,3 +197,4 @@ def test_tune_end_to_end_reuses_what_did_not_change(docs, encoder, tmp_path):
     assert [c.id for c in tuned.chunks] == [c.id for c in untuned.chunks]
     for name in ("bm25", "dense", "colbert", "hybrid"):
         assert tuned.search("exception handling", 3, name)
+    assert set(tuned.timings) >= {"chunking", "bm25", "dense", "colbert"}  # ragkit eval reads every member's
