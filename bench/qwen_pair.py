@@ -23,6 +23,7 @@ Phase `pydocs`: the white-box figures of the Python-docs domain (`knn`, `proxy`,
 gap_closed, speed_ratio) copied from the `ragkit adapter eval --json` file the Qwen recipe of
 docs/adaptation.md writes (`--eval-json`).
 
+Phase `pair_speed`: decode speed of the paired proxy vs apart only (a one-step LoRA: see `pair_speed`).
 Phase `proxy_pair`: see `proxy_pair` below (the expert and anti-expert as one batch of two vs apart).
 
 Results merge into bench/results/qwen_pair.json under the phase's key.
@@ -254,12 +255,15 @@ def proxy_pair(args) -> dict:
     pp, pa = paired.logits_processor(llm), apart.logits_processor(llm)
     if pp.pair is None:
         sys.exit(f"{args.proxy}: not run as a pair ({paired.paired_reason})")
+    others = {Path(a).name: load_adapter(a) for a in args.also}  # e.g. the fitted poe / contrastive adapters
     t = time.perf_counter()
-    ppl = perplexities(llm, text, {"base": [], "paired": [pp], "two_models": [pa]}, ref["window"], ref["stride"],
-                       ref["tokens"] + 1, 2, {}, True)
+    ppl = perplexities(llm, text, {"base": [], "paired": [pp], "two_models": [pa]}
+                       | {n: [a.logits_processor(llm)] for n, a in others.items()},
+                       ref["window"], ref["stride"], ref["tokens"] + 1, 2, {}, True)
     eval_s = time.perf_counter() - t
     prompt = WindowScorer(llm, text, max_tokens=64).ids.unsqueeze(0)
-    tps = decode_speed(llm, {"base": [], "paired": [paired], "two_models": [apart]}, prompt, 48, 3)
+    tps = decode_speed(llm, {"base": [], "paired": [paired], "two_models": [apart]} | {n: [a] for n, a in others.items()},
+                       prompt, 48, 3)
     lora_ppl = ref["systems"]["lora"]["ppl"]
     rows = {n: {"ppl": round(ppl[n], 4), "gap_closed": round(gap_closed(ppl["base"], ppl[n], lora_ppl) or 0.0, 4),
                 "decode_tokens_per_s": tps[n], "speed_ratio": round(tps[n] / tps["base"], 4)} for n in tps}
@@ -267,16 +271,57 @@ def proxy_pair(args) -> dict:
                 [[n, r["ppl"], r["gap_closed"], r["decode_tokens_per_s"], r["speed_ratio"]] for n, r in rows.items()]))
     return {"method": proxy_pair.__doc__.split("\n\n")[0].replace("\n", " "), "proxy": args.proxy,
             "alpha": paired.manifest.get("params", {}).get("alpha"), "tokens": ppl["_tokens"],
+            "others": {n: {"kind": a.kind, "params": a.manifest.get("params", {}), "models": a.manifest.get("models")}
+                       for n, a in others.items()},
             "lora_ppl_from": Path(args.eval_json).name, "lora_ppl": lora_ppl, "systems": rows,
             "paired_vs_two_models_speed": round(tps["paired"] / tps["two_models"], 3),
             "eval_seconds": round(eval_s, 1), "threads": {"perplexity": 2, "decode": 1}}
 
 
+def pair_speed(args) -> dict:
+    """Phase `pair_speed`: decode speed only, when the proxy recipe cannot be run whole. The expert is a
+    LoRA of the 0.5B with the recipe's shape (r 16, every attention and MLP projection) after one
+    training step on the pydocs train text (speed does not depend on how far it was trained); the
+    1.5B greedy-decodes 48 tokens alone, with the proxy as one batch of two, and with the same two
+    models apart (the peer), 3 repeats in alternating order, one torch thread."""
+    from ragkit.adaptation import load_adapter
+    from ragkit.adaptation.evaluate import WindowScorer, decode_speed
+    from ragkit.adaptation.logits import create
+    from ragkit.adaptation.train import finetune
+    from ragkit.generation.llm.hf import HFCausalLM
+
+    work = Path(args.work)
+    lora = work / "q05-lora-1step"
+    if not (lora / "manifest.json").is_file():
+        finetune("qwen2.5-coder-0.5b", Path("corpora/pydocs-lm/train.txt").read_text(encoding="utf-8"), lora,
+                 kind="lora", steps=1, block=256, batch=1, threads=2, progress=False)
+    px = work / "q15-proxy-speed"
+    if not (px / "manifest.json").is_file():
+        create("proxy", px, {"expert": str(lora), "anti_expert": "qwen2.5-coder-0.5b"}, "qwen2.5-coder-1.5b",
+               {"alpha": 0.5})
+    llm = HFCausalLM.from_pretrained("qwen2.5-coder-1.5b")
+    paired, apart = load_adapter(px), load_adapter(px, paired=False)
+    if paired.logits_processor(llm).pair is None:
+        sys.exit(f"{px}: not run as a pair ({paired.paired_reason})")
+    text = Path(args.text).read_text(encoding="utf-8")
+    prompt = WindowScorer(llm, text, max_tokens=64).ids.unsqueeze(0)
+    tps = decode_speed(llm, {"base": [], "paired": [paired], "two_models": [apart]}, prompt, 48, 3)
+    rows = {n: {"decode_tokens_per_s": v, "speed_ratio": round(v / tps["base"], 4)} for n, v in tps.items()}
+    print(table(["system", "decode tok/s", "speed ratio"], [[n, r["decode_tokens_per_s"], r["speed_ratio"]]
+                                                           for n, r in rows.items()]))
+    return {"method": pair_speed.__doc__.split("\n\n")[0].replace("\n", " ")[len("Phase `pair_speed`: "):],
+            "systems": rows, "paired_vs_two_models": round(tps["paired"] / tps["two_models"], 3),
+            "threads": {"decode": 1}, "load1": round(__import__("os").getloadavg()[0], 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["speculative", "cascade", "pydocs", "proxy_pair"])
+    ap.add_argument("phase", choices=["speculative", "cascade", "pydocs", "proxy_pair", "pair_speed"])
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "ragkit" / "bench-qwen"),
+                    help="pair_speed: folder for its throw-away LoRA and proxy adapter")
     ap.add_argument("--proxy", default="adapters/q15-pydocs-proxy", help="proxy_pair: the proxy adapter folder")
     ap.add_argument("--text", default="corpora/pydocs-lm/test.txt", help="proxy_pair: held-out text")
+    ap.add_argument("--also", nargs="*", default=[], help="proxy_pair: more adapter folders to score beside (poe, ...)")
     ap.add_argument("--eval-json", default=str(RESULTS / "qwen_pair_pydocs_adapters.json"),
                     help="pydocs: the `ragkit adapter eval --json` file of the Qwen recipe")
     ap.add_argument("--limit", type=int, default=200, help="cascade: test questions")
@@ -285,7 +330,7 @@ def main() -> None:
     path = RESULTS / "qwen_pair.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
     res[args.phase] = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox,
-                       "proxy_pair": proxy_pair}[args.phase](args)
+                       "proxy_pair": proxy_pair, "pair_speed": pair_speed}[args.phase](args)
     res["environment"] = environment()
     write_results("qwen_pair", res)
 
