@@ -32,14 +32,15 @@ def load_set(name: str):
     return load_beir_corpus(data), list(load_beir_judged(data)[0].values())
 
 
-def pydocs_generation_args(ap) -> object:
+def pydocs_generation_args(ap, needs_index=lambda args: True) -> object:
     """`--index` (default the demo's indexes/pydocs), `--max-new-tokens`, `-k`, parsed; exits with
-    the fix when the index is missing."""
+    the fix when the index is missing and `needs_index(args)`."""
     ap.add_argument("--index", default=str(ROOT / "indexes" / "pydocs"))
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("-k", type=int, default=3)
     args = ap.parse_args()
-    require_index(args.index)
+    if needs_index(args):
+        require_index(args.index)
     return args
 
 

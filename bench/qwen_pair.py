@@ -326,7 +326,7 @@ def main() -> None:
                     help="pydocs: the `ragkit adapter eval --json` file of the Qwen recipe")
     ap.add_argument("--limit", type=int, default=200, help="cascade: test questions")
     ap.add_argument("--train-limit", type=int, default=100, help="cascade: train questions to choose the threshold on")
-    args = pydocs_generation_args(ap)
+    args = pydocs_generation_args(ap, lambda a: a.phase in ("speculative", "cascade"))
     path = RESULTS / "qwen_pair.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
     res[args.phase] = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox,
