@@ -269,7 +269,7 @@ def proxy_pair(args) -> dict:
                 "decode_tokens_per_s": tps[n], "speed_ratio": round(tps[n] / tps["base"], 4)} for n in tps}
     print(table(["system", "ppl", "gap closed", "decode tok/s", "speed ratio"],
                 [[n, r["ppl"], r["gap_closed"], r["decode_tokens_per_s"], r["speed_ratio"]] for n, r in rows.items()]))
-    return {"method": proxy_pair.__doc__.split("\n\n")[0].replace("\n", " "), "proxy": args.proxy,
+    return {"method": " ".join(proxy_pair.__doc__.split("\n\n")[0].split()), "proxy": args.proxy,
             "alpha": paired.manifest.get("params", {}).get("alpha"), "tokens": ppl["_tokens"],
             "others": {n: {"kind": a.kind, "params": a.manifest.get("params", {}), "models": a.manifest.get("models")}
                        for n, a in others.items()},
@@ -309,7 +309,7 @@ def pair_speed(args) -> dict:
     rows = {n: {"decode_tokens_per_s": v, "speed_ratio": round(v / tps["base"], 4)} for n, v in tps.items()}
     print(table(["system", "decode tok/s", "speed ratio"], [[n, r["decode_tokens_per_s"], r["speed_ratio"]]
                                                            for n, r in rows.items()]))
-    return {"method": pair_speed.__doc__.split("\n\n")[0].replace("\n", " ")[len("Phase `pair_speed`: "):],
+    return {"method": " ".join(pair_speed.__doc__.split("\n\n")[0].split())[len("Phase `pair_speed`: "):],
             "systems": rows, "paired_vs_two_models": round(tps["paired"] / tps["two_models"], 3),
             "threads": {"decode": 1}, "load1": round(__import__("os").getloadavg()[0], 2)}
 

@@ -49,7 +49,10 @@ class RowLoRALinear(torch.nn.Module):
         if not n:
             return y
         delta = (x[:n].float() @ self.lora_a.T) @ self.lora_b.T * self.scale
-        return torch.cat([y[:n] + delta.to(y.dtype), y[n:]])
+        if torch.is_grad_enabled() and y.requires_grad:
+            return torch.cat([y[:n] + delta.to(y.dtype), y[n:]])
+        y[:n] += delta.to(y.dtype)  # inference (the decode path): in place, no copy of the batch
+        return y
 
 
 def lora_folder(ref: str | Path) -> Path | None:
