@@ -52,6 +52,7 @@ def cost_table(sets: dict) -> dict:
     chunks (log-log slope over the sets). Questions/s and steps/s do not depend on the corpus size
     (a question reads one chunk, a step a fixed number of passages)."""
     import math
+    import statistics
 
     rows = {}
     for name, s in sets.items():
@@ -66,11 +67,7 @@ def cost_table(sets: dict) -> dict:
                       "seconds_total": s.get("seconds_total")}
     pts = [(math.log(r["chunks"]), math.log(r["untuned_index_s"])) for r in rows.values()
            if r["chunks"] and r["untuned_index_s"] and r["chunks"] >= 500]
-    slope = None
-    if len(pts) >= 2:
-        mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
-        sxx = sum((x - mx) ** 2 for x, _ in pts)
-        slope = round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 3) if sxx else None
+    slope = round(statistics.linear_regression(*zip(*pts)).slope, 3) if len({x for x, _ in pts}) >= 2 else None
     return {"per_set": rows, "index_time_growth_exponent": slope,
             "note": "index time: chunking + BM25 + one MiniLM pass for dense and ColBERT (sets of 500+ chunks)"}
 

@@ -57,14 +57,12 @@ class RowLoRALinear(torch.nn.Module):
 
 def lora_folder(ref: str | Path) -> Path | None:
     """The folder holding `adapter_config.json` + `adapter_model.safetensors` for a LoRA reference (a
-    ragkit `lora` adapter folder or a bare peft folder); None when `ref` is not one."""
-    p = Path(ref)
-    if not p.is_dir():
-        return None
-    for d in [p, *sorted(x for x in p.iterdir() if x.is_dir())]:
-        if (d / "adapter_config.json").is_file() and (d / "adapter_model.safetensors").is_file():
-            return d
-    return None
+    ragkit `lora` adapter folder or a bare peft folder, as the loader finds it); None when `ref` is not one."""
+    from ragkit.generation.loader import _model_dir
+
+    d = _model_dir(Path(ref)) if Path(ref).is_dir() else None
+    ok = d is not None and (d / "adapter_config.json").is_file() and (d / "adapter_model.safetensors").is_file()
+    return d if ok else None
 
 
 def lora_base_id(ref: str | Path, folder: Path) -> str:

@@ -32,7 +32,7 @@ import random
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -365,6 +365,16 @@ def train_colbert_student(examples: Sequence[dict], texts: dict[str, str], out_d
 
 
 # -- 4. each student checked on held-out synthetic questions ----------------------------------------------
+def source_mrr(questions: Sequence[dict], ranked_docs: Callable[[dict], Sequence[str]], k: int = 10) -> float:
+    """Mean reciprocal rank of each question's source document among the first k distinct documents
+    `ranked_docs(question)` returns (0 when it is not there)."""
+    total = 0.0
+    for r in questions:
+        docs = list(dict.fromkeys(ranked_docs(r)))[:k]
+        total += 1.0 / (docs.index(r["doc_id"]) + 1) if r["doc_id"] in docs else 0.0
+    return round(total / max(1, len(questions)), 4)
+
+
 def heldout_check(questions: Sequence[dict], index, dense_dir: Path, colbert_dir: Path | None,
                   texts: dict[str, str], depth: int = 30, k: int = 10) -> dict:
     """Untuned vs tuned, per student, on held-out synthetic questions (never judged ones): MRR@k of
@@ -372,20 +382,19 @@ def heldout_check(questions: Sequence[dict], index, dense_dir: Path, colbert_dir
     student (only those pools are encoded, not the corpus). A student that loses to its untuned
     self is reported `kept: "untuned"` (a few hundred synthetic questions can overfit it)."""
     from ragkit.retrieval.encoder import SentenceEncoder
+    from ragkit.retrieval.index import Hit
     from ragkit.retrieval.rerank import ColBERTReranker
 
     hybrid = index.retriever("hybrid" if len(index.retrievers) > 1 else None)
-    pools = [[cid for cid, _ in hybrid.search(r["question"], depth)] for r in questions]
-    doc_of = {c.id: c.doc_id for c in index.chunks.get_many(sorted({c for p in pools for c in p})).values()}
+    pools = {r["question"]: [cid for cid, _ in hybrid.search(r["question"], depth)] for r in questions}
+    doc_of = {c.id: c.doc_id for c in index.chunks.get_many(sorted({c for p in pools.values() for c in p})).values()}
 
     def mrr(scores_of: Callable[[str, list[str]], Sequence[float]]) -> float:
-        total = 0.0
-        for r, pool in zip(questions, pools):
+        def ranked_docs(r: dict) -> list[str]:
+            pool = pools[r["question"]]
             s = scores_of(r["question"], pool)
-            ranked = [pool[i] for i in sorted(range(len(pool)), key=lambda i: -s[i])]
-            docs = list(dict.fromkeys(doc_of[c] for c in ranked))[:k]
-            total += 1.0 / (docs.index(r["doc_id"]) + 1) if r["doc_id"] in docs else 0.0
-        return round(total / max(1, len(questions)), 4)
+            return [doc_of[pool[i]] for i in sorted(range(len(pool)), key=lambda i: -s[i])]
+        return source_mrr(questions, ranked_docs, k)
 
     def dense_scores(encoder) -> Callable:
         ids = sorted(doc_of)
@@ -396,8 +405,6 @@ def heldout_check(questions: Sequence[dict], index, dense_dir: Path, colbert_dir
     def colbert_scores(reranker) -> Callable:
         hit = lambda c: Hit(0, 0.0, c, doc_of[c], "", texts[c], "", 0, 0)  # noqa: E731 - texts: title + text
         return lambda q, pool: reranker.scores(q, [hit(c) for c in pool])
-
-    from ragkit.retrieval.index import Hit
 
     out = {"questions": len(questions), "pool_depth": depth}
     untuned = index.retrievers["dense"].encoder
@@ -427,11 +434,7 @@ def choose_fusion(index, questions: Sequence[dict], k: int = 10) -> dict:
     from ragkit.retrieval.hybrid import FusionConfig, HybridRetriever, document_of
 
     def mrr(search) -> float:
-        total = 0.0
-        for r in questions:
-            docs = list(dict.fromkeys(document_of(cid) for cid, _ in search(r["question"])))[:k]
-            total += 1.0 / (docs.index(r["doc_id"]) + 1) if r["doc_id"] in docs else 0.0
-        return round(total / max(1, len(questions)), 4)
+        return source_mrr(questions, lambda r: [document_of(cid) for cid, _ in search(r["question"])], k)
 
     rows = []
     for s in FUSION_GRID:
@@ -557,7 +560,7 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
         members = ["bm25", "dense", *(["colbert"] if config.colbert else [])]
         tuned = Index(IndexConfig(retrievers=members,
                                   encoder=str(out / "dense") if keep["dense"] == "tuned" else base,
-                                  colbert=replace_checkpoint(index.config.colbert, out / "colbert")
+                                  colbert=replace(index.config.colbert, checkpoint=str(out / "colbert"))
                                   if config.colbert and keep["colbert"] == "tuned" else index.config.colbert))
         with torch_threads(config.threads or os.cpu_count() or 1):
             tuned = _index_reusing(tuned, index, docs, members, keep, show_progress)
@@ -590,7 +593,9 @@ def _index_reusing(tuned, untuned, docs, members: list[str], keep: dict, show_pr
     if not same or "dense" not in build and tuned.config.encoder != untuned.config.encoder:
         tuned.add(docs, show_progress=show_progress)
         return tuned
-    part = Index(replace_config(tuned.config, retrievers=build), encoder=tuned.encoder)
+    colbert = tuned.retrievers.get("colbert")  # its model, already loaded: not loaded again
+    part = Index(replace(tuned.config, retrievers=build), encoder=tuned.encoder,
+                 colbert=getattr(colbert, "model", None) if "colbert" in build else None)
     part.add(docs, show_progress=show_progress)
     if [c.id for c in part.chunks] != [c.id for c in untuned.chunks]:  # another chunking: index all
         tuned.add(docs, show_progress=show_progress)
@@ -599,15 +604,3 @@ def _index_reusing(tuned, untuned, docs, members: list[str], keep: dict, show_pr
     part.retrievers = {m: part.retrievers[m] if m in build else untuned.retrievers[m] for m in members}
     part.timings.update({m: untuned.timings.get(m, 0.0) for m in same})  # what indexing them cost, once
     return part
-
-
-def replace_config(config, **changes):
-    from dataclasses import replace
-
-    return replace(config, **changes)
-
-
-def replace_checkpoint(colbert_config, checkpoint: Path):
-    from dataclasses import replace
-
-    return replace(colbert_config, checkpoint=str(checkpoint))
