@@ -19,9 +19,9 @@ accuracy), then read on `--limit` test questions: accuracy and compute (paramete
 and measured seconds) as fractions of the 1.5B alone, the accuracy-compute curve, and an exact
 McNemar test against the 1.5B on the same questions.
 
-Phase `pydocs`: the white-box figures of the Python-docs domain (`knn`, `proxy`, `stacked`:
-gap_closed, speed_ratio) copied from the `ragkit adapter eval --json` file the Qwen recipe of
-docs/adaptation.md writes (`--eval-json`).
+Phases `pydocs` and `pubmed`: the white-box figures of a domain (Python docs; PubMedQA contexts:
+`knn`, `proxy`, `poe`, `contrastive`, `stacked`: gap_closed, speed_ratio) from the `ragkit adapter
+eval --json` files the Qwen recipe of docs/adaptation.md writes (`--eval-json`, `--reference-json`).
 
 Phase `pair_speed`: decode speed of the paired proxy vs apart only (a one-step LoRA: see `pair_speed`).
 Phase `proxy_pair`: see `proxy_pair` below (the expert and anti-expert as one batch of two vs apart).
@@ -219,19 +219,40 @@ def cascade(args) -> dict:
 
 
 def whitebox(args) -> dict:
-    """The contract fields of one domain (`proxy`, `knn`, `stacked`: gap_closed and speed_ratio) from
-    `ragkit adapter eval --json` of the Qwen recipe (docs/adaptation.md)."""
-    path = Path(args.eval_json)
-    if not path.is_file():
-        sys.exit(f"no {path}: run the Qwen recipe of docs/adaptation.md first (ragkit adapter eval ... --json {path})")
-    r = json.loads(path.read_text())
-    out = {"source": str(path.name), "llm": r["llm"], "lora": r["lora"], "tokens": r["tokens"], "threads": r["threads"],
-           "ppl": {name: m["ppl"] for name, m in r["systems"].items()}}
-    for name, m in r["systems"].items():
+    """The contract fields of one domain (`knn`, `proxy`, `poe`, `contrastive`, `stacked`: gap_closed
+    and speed_ratio) from the `ragkit adapter eval --json` files of the Qwen recipe (docs/adaptation.md):
+    one or more (e.g. knn + proxy, scored stacked, in one; poe + contrastive in another), all of the
+    same LLM, text, tokens, window and stride (checked). The LoRA reference's perplexity comes from
+    the file that has one, or from `--reference-json` (an earlier eval of the same text)."""
+    from ragkit.adaptation.evaluate import gap_closed
+
+    domain = args.phase
+    paths = [Path(p) for p in (args.eval_json or [RESULTS / f"qwen_pair_{domain}_adapters.json"])]
+    for path in paths:
+        if not path.is_file():
+            sys.exit(f"no {path}: run the Qwen recipe of docs/adaptation.md first (ragkit adapter eval ... --json {path})")
+    runs = [json.loads(p.read_text()) for p in paths]
+    ref = json.loads(Path(args.reference_json).read_text()) if args.reference_json else None
+    same = ("llm", "tokens", "window", "stride")
+    for path, r in zip(paths[1:] + ([Path(args.reference_json)] if ref else []), runs[1:] + ([ref] if ref else [])):
+        if any(r[k] != runs[0][k] for k in same) or abs(r["systems"]["base"]["ppl"] - runs[0]["systems"]["base"]["ppl"]) > 1e-3:
+            sys.exit(f"{path}: not the same evaluation as {paths[0]} ({', '.join(same)} and the base perplexity must match)")
+    lora = next((r for r in runs + ([ref] if ref else []) if "lora" in r["systems"]), None)
+    if lora is None:
+        sys.exit("no LoRA reference perplexity: give an eval with --lora, or --reference-json")
+    base, lora_ppl = runs[0]["systems"]["base"]["ppl"], lora["systems"]["lora"]["ppl"]
+    out = {"source": [p.name for p in paths], "llm": runs[0]["llm"], "lora": lora["lora"],
+           "lora_ppl_from": (Path(args.reference_json).name if lora is ref else paths[runs.index(lora)].name),
+           "tokens": runs[0]["tokens"], "threads": runs[0]["threads"], "ppl": {"base": base, "lora": lora_ppl}}
+    for r in runs:
         kinds = {a["name"]: a["kind"] for a in r["adapters"]}
-        key = "stacked" if "+" in name else kinds.get(name)
-        if key in ("knn", "proxy", "poe", "contrastive", "stacked"):
-            out[key] = {"gap_closed": m["gap_closed"], "speed_ratio": m.get("speed_ratio"), "ppl": m["ppl"],
+        for name, m in r["systems"].items():
+            key = "stacked" if "+" in name else kinds.get(name)
+            if key not in ("knn", "proxy", "poe", "contrastive", "stacked"):
+                continue
+            out["ppl"][name] = m["ppl"]
+            out[key] = {"gap_closed": round(gap_closed(base, m["ppl"], lora_ppl) or 0.0, 4),
+                        "speed_ratio": m.get("speed_ratio"), "ppl": m["ppl"],
                         "ppl_reduction": m["ppl_reduction"], "system": name}
     print(json.dumps({k: v for k, v in out.items() if k != "ppl"}, indent=1))
     return out
@@ -240,15 +261,15 @@ def whitebox(args) -> dict:
 def proxy_pair(args) -> dict:
     """Phase `proxy_pair`: the proxy adapter of the Qwen recipe (expert = the 0.5B LoRA, anti-expert =
     the untuned 0.5B) run as one batch of two through the 0.5B's weights (`lora_pair`, ragkit's
-    default for such a pair) vs the same two models run apart (the peer: `paired: false`), on the
-    pydocs test text: perplexity (the same windows as the recipe's eval) and greedy decode tokens/s
-    of the 1.5B alone and with each. gap_closed uses the 1.5B LoRA reference's perplexity from
-    `--eval-json` (the recipe's eval: same text, tokens, window and stride)."""
+    default for such a pair) vs the same two models run apart (the peer: `paired: false`), each with
+    the small models' step in line and run ahead on the second core beside the 1.5B's step (`overlap`,
+    ragkit's default with one decode thread): greedy decode tokens/s of the 1.5B alone and with each
+    (48 tokens, 3 repeats in alternating order, one decode thread), and the perplexity of the paired
+    and apart proxy on the first `--check-tokens` tokens of the held-out text (they must agree)."""
     from ragkit.adaptation import load_adapter
-    from ragkit.adaptation.evaluate import WindowScorer, decode_speed, gap_closed, perplexities
+    from ragkit.adaptation.evaluate import WindowScorer, decode_speed, perplexities
     from ragkit.generation.llm.hf import HFCausalLM
 
-    ref = json.loads(Path(args.eval_json).read_text())
     text = Path(args.text).read_text(encoding="utf-8")
     llm = HFCausalLM.from_pretrained("qwen2.5-coder-1.5b")
     paired, apart = load_adapter(args.proxy), load_adapter(args.proxy, paired=False)
@@ -257,25 +278,31 @@ def proxy_pair(args) -> dict:
         sys.exit(f"{args.proxy}: not run as a pair ({paired.paired_reason})")
     others = {Path(a).name: load_adapter(a) for a in args.also}  # e.g. the fitted poe / contrastive adapters
     t = time.perf_counter()
-    ppl = perplexities(llm, text, {"base": [], "paired": [pp], "two_models": [pa]}
-                       | {n: [a.logits_processor(llm)] for n, a in others.items()},
-                       ref["window"], ref["stride"], ref["tokens"] + 1, 2, {}, True)
+    ppl = perplexities(llm, text, {"base": [], "paired": [pp], "two_models": [pa]}, 512, 384, args.check_tokens + 1,
+                       2, {}, True)
     eval_s = time.perf_counter() - t
     prompt = WindowScorer(llm, text, max_tokens=64).ids.unsqueeze(0)
-    tps = decode_speed(llm, {"base": [], "paired": [paired], "two_models": [apart]} | {n: [a] for n, a in others.items()},
-                       prompt, 48, 3)
-    lora_ppl = ref["systems"]["lora"]["ppl"]
-    rows = {n: {"ppl": round(ppl[n], 4), "gap_closed": round(gap_closed(ppl["base"], ppl[n], lora_ppl) or 0.0, 4),
-                "decode_tokens_per_s": tps[n], "speed_ratio": round(tps[n] / tps["base"], 4)} for n in tps}
-    print(table(["system", "ppl", "gap closed", "decode tok/s", "speed ratio"],
-                [[n, r["ppl"], r["gap_closed"], r["decode_tokens_per_s"], r["speed_ratio"]] for n, r in rows.items()]))
+    systems = {"base": [], "paired": [paired], "two_models": [apart]} | {n: [a] for n, a in others.items()}
+    ahead = decode_speed(llm, systems, prompt, 48, 3, overlap=True)
+    in_line = decode_speed(llm, {k: v for k, v in systems.items() if k != "base"} | {"base": []}, prompt, 48, 3,
+                           overlap=False)
+    rows = {n: {"decode_tokens_per_s": ahead[n], "speed_ratio": round(ahead[n] / ahead["base"], 4),
+                "decode_tokens_per_s_in_line": in_line[n], "speed_ratio_in_line": round(in_line[n] / in_line["base"], 4)}
+            for n in ahead}
+    for n in ("base", "paired", "two_models"):
+        rows[n]["ppl_check"] = round(ppl[n], 4)
+    print(table(["system", "decode tok/s (run ahead)", "speed ratio", "decode tok/s (in line)", "speed ratio (in line)"],
+                [[n, r["decode_tokens_per_s"], r["speed_ratio"], r["decode_tokens_per_s_in_line"],
+                  r["speed_ratio_in_line"]] for n, r in rows.items()]))
+    print(f"perplexity on the first {ppl['_tokens']} tokens: paired {ppl['paired']:.4f}, apart {ppl['two_models']:.4f}")
     return {"method": " ".join(proxy_pair.__doc__.split("\n\n")[0].split()), "proxy": args.proxy,
-            "alpha": paired.manifest.get("params", {}).get("alpha"), "tokens": ppl["_tokens"],
+            "alpha": paired.manifest.get("params", {}).get("alpha"), "check_tokens": ppl["_tokens"],
             "others": {n: {"kind": a.kind, "params": a.manifest.get("params", {}), "models": a.manifest.get("models")}
                        for n, a in others.items()},
-            "lora_ppl_from": Path(args.eval_json).name, "lora_ppl": lora_ppl, "systems": rows,
-            "paired_vs_two_models_speed": round(tps["paired"] / tps["two_models"], 3),
-            "eval_seconds": round(eval_s, 1), "threads": {"perplexity": 2, "decode": 1}}
+            "systems": rows, "paired_vs_two_models_speed": round(ahead["paired"] / ahead["two_models"], 3),
+            "ppl_paired_minus_apart": round(ppl["paired"] - ppl["two_models"], 6),
+            "eval_seconds": round(eval_s, 1), "load1": round(__import__("os").getloadavg()[0], 2),
+            "threads": {"perplexity": 2, "decode": 1, "side_thread": "one, when run ahead"}}
 
 
 def pair_speed(args) -> dict:
@@ -316,20 +343,24 @@ def pair_speed(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["speculative", "cascade", "pydocs", "proxy_pair", "pair_speed"])
+    ap.add_argument("phase", choices=["speculative", "cascade", "pydocs", "pubmed", "proxy_pair", "pair_speed"])
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "ragkit" / "bench-qwen"),
                     help="pair_speed: folder for its throw-away LoRA and proxy adapter")
     ap.add_argument("--proxy", default="adapters/q15-pydocs-proxy", help="proxy_pair: the proxy adapter folder")
     ap.add_argument("--text", default="corpora/pydocs-lm/test.txt", help="proxy_pair: held-out text")
-    ap.add_argument("--also", nargs="*", default=[], help="proxy_pair: more adapter folders to score beside (poe, ...)")
-    ap.add_argument("--eval-json", default=str(RESULTS / "qwen_pair_pydocs_adapters.json"),
-                    help="pydocs: the `ragkit adapter eval --json` file of the Qwen recipe")
+    ap.add_argument("--also", nargs="*", default=[], help="proxy_pair: more adapter folders to time beside (poe, ...)")
+    ap.add_argument("--check-tokens", type=int, default=1024, help="proxy_pair: tokens of the paired-vs-apart perplexity check")
+    ap.add_argument("--eval-json", nargs="*", default=None,
+                    help="pydocs / pubmed: the `ragkit adapter eval --json` files of the Qwen recipe (default "
+                         "bench/results/qwen_pair_DOMAIN_adapters.json)")
+    ap.add_argument("--reference-json", default=None,
+                    help="pydocs / pubmed: an earlier eval of the same text that holds the LoRA reference")
     ap.add_argument("--limit", type=int, default=200, help="cascade: test questions")
     ap.add_argument("--train-limit", type=int, default=100, help="cascade: train questions to choose the threshold on")
     args = pydocs_generation_args(ap, lambda a: a.phase in ("speculative", "cascade"))
     path = RESULTS / "qwen_pair.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    res[args.phase] = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox,
+    res[args.phase] = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox, "pubmed": whitebox,
                        "proxy_pair": proxy_pair, "pair_speed": pair_speed}[args.phase](args)
     res["environment"] = environment()
     write_results("qwen_pair", res)

@@ -142,10 +142,15 @@ class _FirstLast:
 
 
 def decode_speed(llm: Any, systems: dict[str, list[Adapter]], prompt_ids: torch.Tensor, new_tokens: int = 48,
-                 repeats: int = 3, threads: int = 1) -> dict[str, float]:
+                 repeats: int = 3, threads: int = 1, overlap: bool | None = None) -> dict[str, float]:
     """Decode tokens/s (median over `repeats`, alternating order) of each system; greedy, exactly
-    `new_tokens` tokens, `threads` torch threads, processors fresh per generation."""
-    from transformers import LogitsProcessorList
+    `new_tokens` tokens, `threads` torch threads, processors fresh per generation. `overlap`: small
+    models step on the second core beside the LLM (`side_prefetch`; default: the LLM's own setting)."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    from ragkit.generation.llm.hf import finish_prefetch, side_prefetch
+
+    overlap = getattr(llm, "overlap_side_models", True) if overlap is None else overlap
 
     times: dict[str, list[float]] = {k: [] for k in systems}
     with torch_threads(threads), torch.inference_mode():
@@ -154,10 +159,15 @@ def decode_speed(llm: Any, systems: dict[str, list[Adapter]], prompt_ids: torch.
             for name in order:
                 procs = LogitsProcessorList([a.logits_processor(llm) for a in systems[name]])
                 st = _FirstLast()
-                llm.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
-                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                   temperature=None, top_p=None, top_k=None, logits_processor=procs,
-                                   streamer=st, pad_token_id=llm.tokenizer.eos_token_id)
+                ahead = side_prefetch(procs, int(prompt_ids.shape[1]), new_tokens, threads) if overlap else None
+                try:
+                    llm.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                       temperature=None, top_p=None, top_k=None, logits_processor=procs,
+                                       stopping_criteria=StoppingCriteriaList([ahead] if ahead else []),
+                                       streamer=st, pad_token_id=llm.tokenizer.eos_token_id)
+                finally:
+                    finish_prefetch(procs)
                 times[name].append((new_tokens - 1) / max(1e-9, st.last - st.first))
     return {k: round(statistics.median(v), 2) for k, v in times.items()}
 

@@ -164,8 +164,33 @@ def _width(scores: torch.Tensor, side: torch.Tensor) -> int:
     return min(scores.shape[-1], side.shape[-1])
 
 
+_SIDE_POOL: list = []
+
+
+def _side_pool():
+    """The one worker thread that runs prefetched small-model steps (made on first use)."""
+    if not _SIDE_POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _SIDE_POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragkit-side"))
+    return _SIDE_POOL[0]
+
+
+def _side_step(step_side: Any, input_ids: torch.Tensor) -> Any:
+    with torch.inference_mode():  # grad mode is per thread: the worker does not inherit the caller's
+        return step_side(input_ids)
+
+
 class _Processor(LogitsProcessor):
-    """Base: `__call__` = combine(scores, step_side(input_ids)); `batched_side` for whole windows."""
+    """Base: `__call__` = combine(scores, step_side(input_ids)); `batched_side` for whole windows.
+
+    Overlap: a processor whose step runs only its own small models (`prefetchable`) can start the
+    step for the next position as soon as the token is chosen (`prefetch`, on one side thread), so
+    the small models' step runs on the second core while the LLM runs its own; `__call__` then takes
+    the result. `finish()` waits for a step still running (call it when the generation ends)."""
+
+    prefetchable = False
+    _pending: tuple | None = None
 
     def step_side(self, input_ids: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -181,9 +206,25 @@ class _Processor(LogitsProcessor):
     def is_identity(self) -> bool:
         return False
 
+    def prefetch(self, input_ids: torch.LongTensor) -> None:
+        """Start `step_side(input_ids)` on the side thread (no-op unless `prefetchable`)."""
+        if self.prefetchable:
+            self.finish()
+            ids = input_ids.clone()
+            self._pending = (ids, _side_pool().submit(_side_step, self.step_side, ids))
+
+    def finish(self) -> tuple | None:
+        """Wait for a prefetched step: (its input ids, its result), or None when there was none."""
+        pending, self._pending = self._pending, None
+        return None if pending is None else (pending[0], pending[1].result())
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         _batch1(input_ids)
-        side = self.step_side(input_ids)  # always advance the caches, even when the weight is 0
+        done = self.finish()  # never two steps on one cache at once
+        if done is not None and torch.equal(done[0], input_ids):
+            side = done[1]
+        else:
+            side = self.step_side(input_ids)  # always advance the caches, even when the weight is 0
         if self.is_identity():
             return scores
         return self.combine(scores, side)
@@ -197,6 +238,8 @@ class ProxyTuningProcessor(_Processor):
     """`scores + α·(z_expert − z_anti)` over the common vocabulary (equal, after any softmax, to
     `scores + α·(log_softmax(expert) − log_softmax(anti_expert))`). `ProxyTuningProcessor.paired`:
     the expert a LoRA on the anti-expert's weights, both run as one batch of two."""
+
+    prefetchable = True
 
     def __init__(self, expert: Any, anti_expert: Any, alpha: float = 0.1) -> None:
         self.expert, self.anti = SideModel(expert), SideModel(anti_expert)
@@ -246,6 +289,8 @@ class ProxyTuningProcessor(_Processor):
 class ProductOfExpertsProcessor(_Processor):
     """`(1−w)·log p_LLM + w·log p_SM` (mode "product") or `log((1−w)·p_LLM + w·p_SM)` ("mixture")."""
 
+    prefetchable = True
+
     def __init__(self, small: Any, w: float = 0.2, mode: str = "product") -> None:
         if mode not in ("product", "mixture"):
             raise AdapterError(f"product-of-experts mode must be 'product' or 'mixture', not {mode!r}")
@@ -280,6 +325,8 @@ class ProductOfExpertsProcessor(_Processor):
 
 class ContrastiveProcessor(_Processor):
     """`log p_LLM − β·log p_amateur` for tokens with p_LLM ≥ α·max p_LLM, −inf for the others."""
+
+    prefetchable = True
 
     def __init__(self, amateur: Any, beta: float = 0.5, alpha: float = 0.1) -> None:
         self.amateur, self.beta, self.alpha = SideModel(amateur), float(beta), float(alpha)

@@ -32,7 +32,7 @@ def tune(
     colbert: bool = typer.Option(True, help="Also train the ColBERT checkpoint (DIR/colbert)."),
     encoder: str = typer.Option("default", help="The dense encoder to start from (hub id or folder)."),
     round_trip_k: int = typer.Option(20, help="Keep a question when its chunk is in the untuned hybrid's top k."),
-    workers: int = typer.Option(4, help="Questions generated at once (one shared batch on a local model)."),
+    workers: int = typer.Option(16, help="Questions generated at once (one shared batch on a local model)."),
     seed: int = typer.Option(0, help="Seed for the sample and the data order."),
 ) -> None:
     """Tune the dense and ColBERT retrievers to a corpus without labels: an LLM writes questions for sampled

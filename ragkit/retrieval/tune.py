@@ -68,11 +68,12 @@ class TuneConfig:
     dense_lr: float = 2e-5
     dense_max_tokens: int = 96    # passage length while training (the index encodes up to the model's own)
     precision: str = "auto"       # training matmuls: bfloat16 (autocast; weights and optimizer stay float32),
-                                  # float32, or auto (bfloat16 where the CPU has native bf16 instructions)
+                                  # float32, or auto (bfloat16 where the CPU has native bf16 instructions);
+                                  # a local question writer that tune loads itself runs in bfloat16 too
     student_temperature: float = 0.05
     colbert: bool = True
     colbert_steps: int = 0        # 0: as dense_steps
-    workers: int = 4              # concurrent generations (one shared batch on a local model)
+    workers: int = 16             # concurrent generations (one shared batch on a local model)
     seed: int = 0
     threads: int = 0              # torch threads for training; 0: all cores
 
@@ -502,7 +503,9 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
     if owned:
         from ragkit.generation.loader import load_llm
 
-        llm = load_llm(llm or config.llm)
+        # bf16 prompts: 1.6 vs 1.2 questions/s for SmolLM2 (16 at a time) on an AVX-512 BF16 CPU
+        bf16 = str(training_dtype(config.precision)) == "torch.bfloat16"
+        llm = load_llm(llm or config.llm, dtype="bfloat16" if bf16 else "auto")
     model_id = getattr(llm, "model_id", str(llm))
     say(f"writing questions for {len(sample)} chunks with {model_id}")
     t0 = time.perf_counter()

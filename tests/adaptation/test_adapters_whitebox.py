@@ -5,6 +5,7 @@ SmolLM2 where behaviour matters."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -461,6 +462,22 @@ def test_domain_split_has_no_leaks():
     assert rep["long_lines_in_train"] == 0 and rep["shared_ngram_share"] < 0.01
 
 
+@pytest.mark.datasets
+def test_pubmedqa_domain_split_keeps_the_test_passages_out_of_training(dataset, tmp_path):
+    """corpora/pubmedqa_lm.py: train/valid from the train questions' passages, test from the official
+    test split's; no passage of test.txt is in train.txt or valid.txt."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pubmedqa_lm", Path(__file__).parents[2] / "corpora" / "pubmedqa_lm.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    report = recipe.main(dataset("pubmedqa_labeled"), tmp_path / "lm")
+    parts = {n: set((tmp_path / "lm" / f"{n}.txt").read_text().strip().split("\n\n")) for n in ("train", "valid", "test")}
+    assert report["splits"]["train"]["passages"] + report["splits"]["valid"]["passages"] == 500
+    assert len(parts["test"]) == 500 and not parts["test"] & (parts["train"] | parts["valid"])
+    assert not parts["train"] & parts["valid"] and report["overlap_train_test"]["shared_ids"] == 0
+
+
 def test_proxy_with_a_lora_expert_runs_expert_and_anti_expert_as_one_batch(tmp_path):
     """An expert that is a LoRA on the anti-expert: one model, a batch of two rows (the LoRA on row 0
     only), gives the same adjusted scores as the merged expert and the anti-expert run apart, on the
@@ -496,3 +513,43 @@ def test_proxy_with_a_lora_expert_runs_expert_and_anti_expert_as_one_batch(tmp_p
     full = create("proxy", tmp_path / "px2", {"expert": str(small_dir), "anti_expert": str(small_dir)}, str(llm_dir))
     a2 = load_adapter(full, alpha=1.0)
     assert a2.logits_processor(llm).pair is None and "not a LoRA" in a2.paired_reason
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_small_model_steps_run_ahead_on_the_second_core_with_the_same_scores(tmp_path, monkeypatch, paired):
+    """With one decode thread, each next small-model step starts on the side thread as soon as the
+    token is chosen (beside the LLM's own step); the adjusted scores are the same as run in line,
+    for the paired proxy (one shared model) and for two models."""
+    import os
+    import threading
+
+    from ragkit.generation.llm.base import GenerationConfig
+    from ragkit.adaptation.train import finetune
+    from ragkit.generation.llm.hf import HFCausalLM
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    small_dir, llm_dir = tiny_llm_folder(tmp_path, seed=3, name="small"), tiny_llm_folder(tmp_path)
+    lora = finetune(str(small_dir), tiny_text(), tmp_path / "lora", kind="lora", steps=3, block=16, batch=2,
+                    lora_r=4, lr=5e-2, threads=1, progress=False)
+    px = create("proxy", tmp_path / "px", {"expert": str(lora), "anti_expert": str(small_dir)}, str(llm_dir))
+    llm = HFCausalLM.from_pretrained(str(llm_dir))
+    llm.logits_adapters = [load_adapter(px, alpha=1.0, paired=paired)]
+    seen: list = []
+    step_side, combine = ProxyTuningProcessor.step_side, ProxyTuningProcessor.combine
+    monkeypatch.setattr(ProxyTuningProcessor, "step_side",
+                        lambda self, ids: (seen.append(("step", threading.current_thread().name)), step_side(self, ids))[1])
+    monkeypatch.setattr(ProxyTuningProcessor, "combine",
+                        lambda self, s, d: (out := combine(self, s, d), seen.append(("scores", out.clone())))[0])
+    runs = {}
+    for overlap in (False, True):
+        llm.overlap_side_models = overlap
+        seen.clear()
+        text = llm.generate("w1 w2 w3 w4", GenerationConfig(max_new_tokens=10, temperature=0.0)).text
+        runs[overlap] = (text, [t for k, t in seen if k == "step"], [s for k, s in seen if k == "scores"])
+    (text_off, threads_off, scores_off), (text_on, threads_on, scores_on) = runs[False], runs[True]
+    assert text_on == text_off and len(scores_on) == len(scores_off) >= 2
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(scores_on, scores_off))
+    assert "ragkit-side" not in " ".join(threads_off)
+    # the first step (the prompt) runs in line; every later one ran ahead on the side thread
+    assert not threads_on[0].startswith("ragkit-side")
+    assert all(t.startswith("ragkit-side") for t in threads_on[1:len(scores_on)])

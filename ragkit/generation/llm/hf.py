@@ -168,6 +168,35 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def side_prefetch(processors: list, n_prompt: int, max_new_tokens: int, threads: int | None):
+    """A transformers `StoppingCriteria` (it never stops) that, after each chosen token, starts the
+    next small-model step of every processor that can run it ahead (`prefetch`): the small models
+    then run on the second core while the LLM runs its own step. None when nothing can overlap:
+    decoding on more than one thread (the cores are taken) or a single core."""
+    import torch
+    from transformers import StoppingCriteria
+
+    ahead = [p for p in processors if getattr(p, "prefetchable", False)]
+    if not ahead or threads != 1 or (os.cpu_count() or 1) < 2:
+        return None
+
+    class _Prefetch(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            if int(input_ids.shape[1]) - n_prompt < max_new_tokens:  # another step will follow
+                for p in ahead:
+                    p.prefetch(input_ids)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return _Prefetch()
+
+
+def finish_prefetch(processors) -> None:
+    """Wait for any prefetched small-model step still running (after a generation ends)."""
+    for p in processors or []:
+        if hasattr(p, "finish"):
+            p.finish()
+
+
 class HFCausalLM(LLM):
     """A transformers causal LM with its tokenizer; chat templates when the tokenizer has one."""
 
@@ -192,6 +221,9 @@ class HFCausalLM(LLM):
         self.draft_stats: dict = {}  # the last drafted generation: checks, tokens proposed, tokens kept
         self.step_attention: str | None = None  # attention kernel for decode steps; None: the model's own
         self.max_queue: int | None = None  # with batching on: how many generations may wait (serial path too)
+        # white-box adapters' small models run their step on the second core while the LLM runs its own
+        # (`side_prefetch`; only when decoding on one thread)
+        self.overlap_side_models = True
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_LLM, dtype: str = "auto",
@@ -262,8 +294,11 @@ class HFCausalLM(LLM):
 
         if not self._speculative(config):
             kw = self._generate_kwargs(ids, config, out)  # the prompt's prefill keeps the model's attention
-            with self._attention(self.step_attention):
-                return self.model.generate(**kw, streamer=streamer)
+            try:
+                with self._attention(self.step_attention):
+                    return self.model.generate(**kw, streamer=streamer)
+            finally:
+                finish_prefetch(kw.get("logits_processor"))
         from ragkit.generation.llm.speculative import speculative_decode
 
         if streamer is not None:
@@ -351,6 +386,9 @@ class HFCausalLM(LLM):
             from transformers import LogitsProcessorList
 
             kw["logits_processor"] = LogitsProcessorList([a.logits_processor(self) for a in self.logits_adapters])
+            if self.overlap_side_models and (ahead := side_prefetch(kw["logits_processor"], n_prompt,
+                                                                    config.max_new_tokens, self.threads)):
+                kw["stopping_criteria"].append(ahead)
         if (cache := self._prefill(ids)) is not None:
             kw[cache_kwarg(self.model)] = cache
         kw.update(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
