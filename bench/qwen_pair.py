@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -244,16 +245,23 @@ def whitebox(args) -> dict:
     out = {"source": [p.name for p in paths], "llm": runs[0]["llm"], "lora": lora["lora"],
            "lora_ppl_from": (Path(args.reference_json).name if lora is ref else paths[runs.index(lora)].name),
            "tokens": runs[0]["tokens"], "threads": runs[0]["threads"], "ppl": {"base": base, "lora": lora_ppl}}
-    for r in runs:
+    out["systems"] = {}
+    for r in runs:  # a kind met in a later file replaces the earlier one; `systems` keeps every one
         kinds = {a["name"]: a["kind"] for a in r["adapters"]}
         for name, m in r["systems"].items():
             key = "stacked" if "+" in name else kinds.get(name)
             if key not in ("knn", "proxy", "poe", "contrastive", "stacked"):
                 continue
-            out["ppl"][name] = m["ppl"]
-            out[key] = {"gap_closed": round(gap_closed(base, m["ppl"], lora_ppl) or 0.0, 4),
-                        "speed_ratio": m.get("speed_ratio"), "ppl": m["ppl"],
-                        "ppl_reduction": m["ppl_reduction"], "system": name}
+            finite = math.isfinite(m["ppl"])
+            row = {"gap_closed": round(gap_closed(base, m["ppl"], lora_ppl) or 0.0, 4) if finite else None,
+                   "speed_ratio": m.get("speed_ratio"), "ppl": m["ppl"] if finite else None,
+                   "ppl_reduction": m["ppl_reduction"] if finite else None, "system": name}
+            if not finite:
+                row["note"] = ("infinite perplexity: the plausibility mask gives some test tokens probability 0"
+                               if key == "contrastive" else "infinite perplexity")
+            out["ppl"][name] = row["ppl"]
+            out["systems"][name] = row
+            out[key] = row
     print(json.dumps({k: v for k, v in out.items() if k != "ppl"}, indent=1))
     return out
 
@@ -359,9 +367,10 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=100, help="cascade: train questions to choose the threshold on")
     args = pydocs_generation_args(ap, lambda a: a.phase in ("speculative", "cascade"))
     path = RESULTS / "qwen_pair.json"
-    res = json.loads(path.read_text()) if path.is_file() else {}
-    res[args.phase] = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox, "pubmed": whitebox,
-                       "proxy_pair": proxy_pair, "pair_speed": pair_speed}[args.phase](args)
+    out = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox, "pubmed": whitebox,
+           "proxy_pair": proxy_pair, "pair_speed": pair_speed}[args.phase](args)
+    res = json.loads(path.read_text()) if path.is_file() else {}  # read after the phase: others may have written
+    res[args.phase] = out
     res["environment"] = environment()
     write_results("qwen_pair", res)
 
