@@ -233,17 +233,18 @@ def whitebox(args) -> dict:
         if not path.is_file():
             sys.exit(f"no {path}: run the Qwen recipe of docs/adaptation.md first (ragkit adapter eval ... --json {path})")
     runs = [json.loads(p.read_text()) for p in paths]
-    ref = json.loads(Path(args.reference_json).read_text()) if args.reference_json else None
+    checked = list(zip(paths, runs))
+    if args.reference_json:
+        checked.append((Path(args.reference_json), json.loads(Path(args.reference_json).read_text())))
     same = ("llm", "tokens", "window", "stride")
-    for path, r in zip(paths[1:] + ([Path(args.reference_json)] if ref else []), runs[1:] + ([ref] if ref else [])):
+    for path, r in checked[1:]:
         if any(r[k] != runs[0][k] for k in same) or abs(r["systems"]["base"]["ppl"] - runs[0]["systems"]["base"]["ppl"]) > 1e-3:
             sys.exit(f"{path}: not the same evaluation as {paths[0]} ({', '.join(same)} and the base perplexity must match)")
-    lora = next((r for r in runs + ([ref] if ref else []) if "lora" in r["systems"]), None)
+    lora_from, lora = next(((p, r) for p, r in checked if "lora" in r["systems"]), (None, None))
     if lora is None:
         sys.exit("no LoRA reference perplexity: give an eval with --lora, or --reference-json")
     base, lora_ppl = runs[0]["systems"]["base"]["ppl"], lora["systems"]["lora"]["ppl"]
-    out = {"source": [p.name for p in paths], "llm": runs[0]["llm"], "lora": lora["lora"],
-           "lora_ppl_from": (Path(args.reference_json).name if lora is ref else paths[runs.index(lora)].name),
+    out = {"source": [p.name for p in paths], "llm": runs[0]["llm"], "lora": lora["lora"], "lora_ppl_from": lora_from.name,
            "tokens": runs[0]["tokens"], "threads": runs[0]["threads"], "ppl": {"base": base, "lora": lora_ppl}}
     out["systems"] = {}
     for r in runs:  # a kind met in a later file replaces the earlier one; `systems` keeps every one
@@ -292,8 +293,7 @@ def proxy_pair(args) -> dict:
     prompt = WindowScorer(llm, text, max_tokens=64).ids.unsqueeze(0)
     systems = {"base": [], "paired": [paired], "two_models": [apart]} | {n: [a] for n, a in others.items()}
     ahead = decode_speed(llm, systems, prompt, 48, 3, overlap=True)
-    in_line = decode_speed(llm, {k: v for k, v in systems.items() if k != "base"} | {"base": []}, prompt, 48, 3,
-                           overlap=False)
+    in_line = decode_speed(llm, systems, prompt, 48, 3, overlap=False)
     rows = {n: {"decode_tokens_per_s": ahead[n], "speed_ratio": round(ahead[n] / ahead["base"], 4),
                 "decode_tokens_per_s_in_line": in_line[n], "speed_ratio_in_line": round(in_line[n] / in_line["base"], 4)}
             for n in ahead}

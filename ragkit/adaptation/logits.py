@@ -35,6 +35,7 @@ Design choices (documented here once):
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -164,16 +165,12 @@ def _width(scores: torch.Tensor, side: torch.Tensor) -> int:
     return min(scores.shape[-1], side.shape[-1])
 
 
-_SIDE_POOL: list = []
-
-
+@functools.cache
 def _side_pool():
     """The one worker thread that runs prefetched small-model steps (made on first use)."""
-    if not _SIDE_POOL:
-        from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-        _SIDE_POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragkit-side"))
-    return _SIDE_POOL[0]
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragkit-side")
 
 
 def _side_step(step_side: Any, input_ids: torch.Tensor) -> Any:

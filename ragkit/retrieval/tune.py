@@ -504,7 +504,9 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
         from ragkit.generation.loader import load_llm
 
         # bf16 prompts: 1.6 vs 1.2 questions/s for SmolLM2 (16 at a time) on an AVX-512 BF16 CPU
-        bf16 = str(training_dtype(config.precision)) == "torch.bfloat16"
+        import torch
+
+        bf16 = training_dtype(config.precision) == torch.bfloat16
         llm = load_llm(llm or config.llm, dtype="bfloat16" if bf16 else "auto")
     model_id = getattr(llm, "model_id", str(llm))
     say(f"writing questions for {len(sample)} chunks with {model_id}")
