@@ -63,9 +63,23 @@ def read_baselines(path: Path) -> dict[tuple[str, str], dict[str, float]]:
 def environment() -> dict:
     import torch
 
+    from ragkit.runtime import native_bf16
+
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
             "torch_threads": torch.get_num_threads(), "load1_at_end": round(os.getloadavg()[0], 2),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def write_results(name: str, data: dict) -> Path:

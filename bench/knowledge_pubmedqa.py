@@ -1,6 +1,7 @@
 """Black-box knowledge injection on PubMedQA (issue 5): the SM, the adapter, and eval-qa figures.
 
-    python bench/knowledge_pubmedqa.py train [--steps 120 --batch 2]   # SM: SmolLM2-135M-Instruct LoRA on train passages
+    python bench/knowledge_pubmedqa.py train [--steps 120 --batch 2] [--base qwen2.5-coder-0.5b --name q05-pubmedqa]
+                                                             # SM: SmolLM2-135M-Instruct (default) LoRA on train passages
     python bench/knowledge_pubmedqa.py eval --limit 100      # closed / retrieval / +knowledge (filtered, unfiltered)
 
 `train` writes the SM's training text (`corpora/pubmedqa_sm/train.txt`: "Question: ...\\nBackground:
@@ -38,17 +39,17 @@ def train(args) -> None:
     folder = ROOT / "corpora" / "pubmedqa_sm"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.txt").write_text(text, encoding="utf-8")
-    sm = ROOT / "adapters" / "pubmedqa-sm"
+    sm = ROOT / "adapters" / f"{args.name}-sm"
     t0 = time.perf_counter()
-    finetune("default", text, sm, kind="lora", steps=args.steps, block=args.block, batch=args.batch,
+    finetune(args.base, text, sm, kind="lora", steps=args.steps, block=args.block, batch=args.batch,
              threads=args.threads, seed=0, corpus_name="pubmedqa_labeled train passages (qrels/train.tsv)",
              save_every=args.save_every, progress=True)
     secs = time.perf_counter() - t0
-    make_knowledge_adapter(ROOT / "adapters" / "pubmedqa-knowledge", str(sm), samples=2, max_new_tokens=48)
+    make_knowledge_adapter(ROOT / "adapters" / f"{args.name}-knowledge", str(sm), samples=2, max_new_tokens=48)
     manifest = json.loads((sm / "manifest.json").read_text())
     out = {"overlap": overlap, "train_records": len(records), "seconds": round(secs, 1),
            "training": manifest.get("training", {})}
-    (ROOT / "adapters" / "pubmedqa-sm-train.json").write_text(json.dumps(out, indent=2))
+    (ROOT / "adapters" / f"{args.name}-sm-train.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 
@@ -86,21 +87,67 @@ def evaluate(args) -> None:
                 lost = sum(base[q] == answers[q] != preds[c][q] for q in preds[c])
                 m["vs_retrieval"] = {"won": won, "lost": lost}
         _write(args, pipeline, res, t0)
+    if "knowledge" in preds and "retrieval" in preds:
+        _write(args, pipeline, res, t0, _analysis(pipeline, args, preds, answers))
     print(json.dumps(res, indent=2))
 
 
-def _write(args, pipeline, res, t0) -> None:
+def _analysis(pipeline, args, preds, answers) -> dict:
+    """Why the knowledge section helped or not: per question, the candidates the filter kept (re-read
+    from the adapter's per-question cache, so nothing is generated again), their similarity to the
+    question's gold passage (all-MiniLM cosine: do they say what the paper says?), and whether the
+    answer changed; plus an exact McNemar test of knowledge vs retrieval on the same questions."""
+    from scipy.stats import binomtest
+
+    from ragkit.data.corpus import load_beir_corpus, load_beir_judged
+
+    adapter = pipeline.prompt_adapters[0]
+    judged, qrels = load_beir_judged(DATA, "test")
+    docs = {d.id: d.text for d in load_beir_corpus(DATA)}
+    enc = adapter.encoder
+    rows, reasons = [], {}
+    for qid in preds["knowledge"]:
+        question = judged[qid]
+        kept = adapter.select(question, adapter.candidates(question), pipeline.retrieve(question))
+        for c in adapter.last:
+            reasons[c["reason"] or "kept"] = reasons.get(c["reason"] or "kept", 0) + 1
+        gold_text = " ".join(docs[d] for d in qrels[qid] if d in docs)
+        sim = [round(float(v), 4) for v in enc.encode(kept) @ enc.encode([gold_text])[0]] if kept and gold_text else []
+        gold = answers[qid]
+        rows.append({"id": qid, "gold": gold, "retrieval": preds["retrieval"][qid], "knowledge": preds["knowledge"][qid],
+                     "kept": len(kept), "candidates": len(adapter.last), "kept_gold_cosine": sim,
+                     "kept_text": [t[:300] for t in kept]})
+    won = sum(r["knowledge"] == r["gold"] != r["retrieval"] for r in rows)
+    lost = sum(r["retrieval"] == r["gold"] != r["knowledge"] for r in rows)
+    with_section = [r for r in rows if r["kept"]]
+    sims = [max(r["kept_gold_cosine"]) for r in with_section if r["kept_gold_cosine"]]
+    changed = [r for r in with_section if r["knowledge"] != r["retrieval"]]
+    out = {"questions": len(rows), "won": won, "lost": lost,
+           "p_value": round(binomtest(won, won + lost, 0.5).pvalue, 4) if won + lost else 1.0,
+           "candidate_verdicts": reasons, "with_section": len(with_section),
+           "kept_gold_cosine_mean": round(sum(sims) / len(sims), 4) if sims else None,
+           "kept_gold_cosine_over_0_5": sum(s >= 0.5 for s in sims),
+           "answers_changed": len(changed),
+           "changed_and_right": sum(r["knowledge"] == r["gold"] for r in changed),
+           "test": "exact McNemar (binomial on the discordant questions), knowledge vs retrieval",
+           "per_question": rows}
+    print(f"knowledge vs retrieval: won {won}, lost {lost}, p = {out['p_value']}; verdicts {reasons}; "
+          f"{len(with_section)} with a section, kept-vs-gold cosine mean {out['kept_gold_cosine_mean']}", flush=True)
+    return out
+
+
+def _write(args, pipeline, res, t0, analysis: dict | None = None) -> None:
     from ragkit.adaptation.knowledge import split_overlap
 
     adapter = pipeline.prompt_adapters[0]
-    sm_train = ROOT / "adapters" / "pubmedqa-sm-train.json"
+    sm_train = ROOT / "adapters" / f"{Path(str(adapter.params['sm'])).name}-train.json"
     out = {"data": "pubmedqa_labeled", "split": "test", "questions": args.limit, "llm": pipeline.llm.model_id,
            "k": args.k, "retriever": args.retriever, "prefill_threads": args.prefill_threads, "label_scoring": "next-token preference among yes/no/maybe",
            "adapter": {"name": adapter.name, "sm": str(adapter.params["sm"]).replace(str(ROOT) + "/", ""),
                        "params": {k: v for k, v in adapter.params.items() if k != "sm"}},
            "sm_training": json.loads(sm_train.read_text()) if sm_train.is_file() else None,
            "train_test_overlap": split_overlap(DATA, "train", "test"),
-           "conditions": res, "seconds": round(time.perf_counter() - t0, 1),
+           "conditions": res, "analysis": analysis, "seconds": round(time.perf_counter() - t0, 1),
            "note": "knowledge_s counts the SM's candidate generation where it ran (candidates are cached per "
                    "question, so the first knowledge condition pays for them and the later ones reuse them)"}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -118,6 +165,8 @@ def main() -> None:
     t.add_argument("--batch", type=int, default=2)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--save-every", type=int, default=10)
+    t.add_argument("--base", default="default", help="the SM to tune: default (SmolLM2-135M-Instruct), qwen2.5-coder-0.5b, ...")
+    t.add_argument("--name", default="pubmedqa", help="adapters/NAME-sm (the tuned SM) and adapters/NAME-knowledge")
     e = sub.add_parser("eval")
     e.add_argument("--limit", type=int, default=100)
     e.add_argument("--k", type=int, default=5)

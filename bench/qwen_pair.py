@@ -1,6 +1,7 @@
 """The Qwen2.5-Coder pair: the 1.5B as the LLM, the 0.5B as its small sibling.
 
-    python bench/qwen_pair.py speculative [--index indexes/pydocs] [--max-new-tokens 64] [-k 3]
+    python bench/qwen_pair.py speculative [--index indexes/pydocs] [--max-new-tokens 64] [-k 3] [--lookup 3]
+                                          [--setting-questions]
     python bench/qwen_pair.py cascade [--limit 200] [--train-limit 100] [-k 3]
 
 Phase `speculative`: the pydocs questions of bench/generation.py, each prompt built by the pipeline
@@ -13,11 +14,15 @@ attention a draft switches on; `identical` is true when every drafted answer equ
 threads, single decode steps and drafting on 1). 
 Phase `cascade`: PubMedQA (pubmedqa_labeled, yes/no/maybe read from the next token as `ragkit
 eval-qa` does, BM25 retrieval k 3, the same hits for both models): the 0.5B answers; when its top
-label's probability is under a threshold the 1.5B answers instead. The threshold is chosen on
-`--train-limit` train questions (the lowest escalation rate keeping 95% of the 1.5B's train
+label's probability is under a threshold the 1.5B answers instead. Both models' label scores are
+first corrected by two label log-biases per model fitted on `--train-limit` train questions
+(`fit_label_bias`: label-prior calibration; small models lean to one label), and the threshold is
+chosen on the same train questions (the lowest escalation rate keeping 95% of the 1.5B's train
 accuracy), then read on `--limit` test questions: accuracy and compute (parameters × prompt tokens,
-and measured seconds) as fractions of the 1.5B alone, the accuracy-compute curve, and an exact
-McNemar test against the 1.5B on the same questions.
+and measured seconds) as fractions of the 1.5B alone (calibrated the same way; the uncalibrated
+figures beside), the accuracy-compute curve, and an exact McNemar test against the 1.5B on the same
+questions. Both models' label probabilities per question are cached in `--work`/cascade_rows.json,
+so an interrupted run resumes.
 
 Phases `pydocs` and `pubmed`: the white-box figures of a domain (Python docs; PubMedQA contexts:
 `knn`, `proxy`, `poe`, `contrastive`, `stacked`: gap_closed, speed_ratio) from the `ragkit adapter
@@ -42,6 +47,11 @@ from common import RESULTS, environment, pydocs_generation_args, table, write_re
 from generation import QUESTIONS  # noqa: E402
 
 
+# pydocs questions that are not the bench's, for choosing draft settings (`--setting-questions`)
+SETTING_QUESTIONS = ["How do I parse command line arguments?", "How do I create a temporary file?",
+                     "How do I format a date as a string?"]
+
+
 def speculative(args) -> dict:
     from ragkit.config import PipelineConfig
     from ragkit.generation.llm import GenerationConfig
@@ -58,48 +68,63 @@ def speculative(args) -> dict:
     pipe = Pipeline(Index.load(args.index), big, config)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
     rows, per_q = [], []
-    for q in QUESTIONS:
+    modes = ("alone", "alone_eager", "drafted", "drafted_lookup")
+    for q in (SETTING_QUESTIONS if args.setting_questions else QUESTIONS)[:args.questions]:
         prompt = pipe.stream(q).messages  # the very prompt ragkit sends (retrieval k 3)
-        res = {}
-        for mode in ("alone", "alone_eager", "drafted"):
-            big.attach_draft(small if mode == "drafted" else None)
+        t = time.perf_counter()
+        big.next_token_logits(prompt)  # the prompt's forward pass alone: subtracted for decode-only rates
+        prefill_s = time.perf_counter() - t
+        res, stats = {}, {}
+        for mode in modes:
+            big.attach_draft(small if mode.startswith("drafted") else None, lookup=args.lookup if mode == "drafted_lookup" else 0)
             big.step_attention = "eager" if mode != "alone" else None
             t = time.perf_counter()
             out = big.generate(prompt, gen)
             wall = time.perf_counter() - t
             res[mode] = {"text": out.text, "tokens": out.completion_tokens, "s": round(wall, 2),
-                         "tokens_per_s": round(out.completion_tokens / wall, 2), "prompt_tokens": out.prompt_tokens}
-            if mode == "drafted":
-                stats = dict(big.draft_stats)
+                         "tokens_per_s": round(out.completion_tokens / wall, 2), "prompt_tokens": out.prompt_tokens,
+                         "decode_tokens_per_s": round(out.completion_tokens / max(wall - prefill_s, 1e-3), 2)}
+            if mode.startswith("drafted"):
+                stats[mode] = dict(big.draft_stats)
         big.attach_draft(None)
-        same = res["alone_eager"]["text"] == res["drafted"]["text"]
-        per_q.append({"question": q, **res, "identical": same, "draft_stats": stats,
+        same = all(res["alone_eager"]["text"] == res[m]["text"] for m in modes[2:])
+        per_q.append({"question": q, "prefill_s": round(prefill_s, 2), **res, "identical": same, "draft_stats": stats,
                       "identical_to_default_kernels": res["alone"]["text"] == res["drafted"]["text"]})
-        rows.append([q[:40], res["alone"]["prompt_tokens"], res["alone"]["tokens"], res["alone"]["tokens_per_s"],
-                     res["alone_eager"]["tokens_per_s"], res["drafted"]["tokens_per_s"],
-                     round(res["drafted"]["tokens_per_s"] / res["alone"]["tokens_per_s"], 2), same,
-                     per_q[-1]["identical_to_default_kernels"]])
+        rows.append([q[:40], res["alone"]["prompt_tokens"], round(prefill_s, 1), res["alone"]["tokens"],
+                     *(res[m]["tokens_per_s"] for m in modes),
+                     round(res["drafted"]["tokens_per_s"] / res["alone"]["tokens_per_s"], 2),
+                     round(res["drafted_lookup"]["tokens_per_s"] / res["alone"]["tokens_per_s"], 2), same])
         print(rows[-1], flush=True)
 
-    def rate(mode: str) -> float:
-        return sum(p[mode]["tokens"] for p in per_q) / sum(p[mode]["s"] for p in per_q)
+    def rate(mode: str, decode_only: bool = False) -> float:
+        return sum(p[mode]["tokens"] for p in per_q) / sum(p[mode]["s"] - (p["prefill_s"] if decode_only else 0) for p in per_q)
 
-    alone, eager, drafted = rate("alone"), rate("alone_eager"), rate("drafted")
-    print(table(["question", "prompt tokens", "answer tokens", "1.5B alone tok/s", "alone, eager steps tok/s",
-                 "drafted by 0.5B tok/s", "speed-up vs alone", "identical (eager steps)", "identical (default)"], rows))
-    print(f"all questions: alone {alone:.2f}, alone with eager steps {eager:.2f}, drafted {drafted:.2f} tokens/s: "
-          f"speed-up {drafted / alone:.2f} (vs eager steps {drafted / eager:.2f}); "
-          f"identical {sum(p['identical'] for p in per_q)}/{len(per_q)}")
-    return {"speedup": round(drafted / alone, 3), "identical": all(p["identical"] for p in per_q),
-            "speedup_vs_eager_steps": round(drafted / eager, 3),
+    alone, eager, drafted, looked = (rate(m) for m in modes)
+    decode = {m: round(rate(m, decode_only=True), 2) for m in modes}
+    print(table(["question", "prompt tokens", "prefill s", "answer tokens", "1.5B alone tok/s", "alone, eager steps tok/s",
+                 "drafted by 0.5B tok/s", f"drafted + lookup {args.lookup} tok/s", "speed-up drafted",
+                 "speed-up + lookup", "identical (eager steps)"], rows))
+    print(f"all questions: alone {alone:.2f}, alone with eager steps {eager:.2f}, drafted {drafted:.2f}, drafted with "
+          f"prompt lookup {looked:.2f} tokens/s: speed-up {drafted / alone:.2f} / {looked / alone:.2f}; decode only "
+          f"(prefill subtracted) {decode}; identical {sum(p['identical'] for p in per_q)}/{len(per_q)}")
+    best = "drafted_lookup" if looked > drafted else "drafted"
+    return {"speedup": round(max(drafted, looked) / alone, 3), "identical": all(p["identical"] for p in per_q),
+            "speedup_from": best, "speedup_drafted": round(drafted / alone, 3), "speedup_drafted_lookup": round(looked / alone, 3),
+            "speedup_vs_eager_steps": round(max(drafted, looked) / eager, 3),
+            "decode_only_tokens_per_s": decode,
+            "decode_only_speedup": round(max(decode["drafted"], decode["drafted_lookup"]) / decode["alone"], 3),
             "identical_to_default_kernels": sum(p["identical_to_default_kernels"] for p in per_q),
             "tokens_per_s_alone": round(alone, 2), "tokens_per_s_alone_eager_steps": round(eager, 2),
-            "tokens_per_s_drafted": round(drafted, 2),
+            "tokens_per_s_drafted": round(drafted, 2), "tokens_per_s_drafted_lookup": round(looked, 2),
             "method": ("ragkit's own loop (ragkit.generation.llm.speculative): the 0.5B drafts up to "
                        f"{big.draft_tokens} tokens, stopping after one under {big.draft_confidence} probability; "
-                       "the 1.5B checks them in one pass; greedy; no white-box adapters"),
-            "draft_settings_chosen_on": "3 pydocs questions that are not the bench's (K 6/8/10, confidence 0/0.4/0.5/0.6)",
-            "acceptance": {k: sum(p["draft_stats"][k] for p in per_q) for k in ("checks", "proposed", "kept")},
+                       f"with lookup, a round whose last {args.lookup} tokens occurred earlier in the prompt or answer "
+                       "checks the tokens that followed them instead of drafting; the 1.5B checks them in one pass; "
+                       "greedy; no white-box adapters"),
+            "draft_settings_chosen_on": ("3 pydocs questions that are not the bench's (K 6/8/10, confidence 0/0.4/0.5/0.6); "
+                                         f"lookup n-gram {args.lookup} fixed beforehand, not tuned"),
+            "acceptance": {m: {k: sum(p["draft_stats"][m][k] for p in per_q) for k in ("checks", "proposed", "kept", "looked_up")}
+                           for m in modes[2:]},
             "identical_means": ("the drafted text equals the 1.5B's own greedy text with the same decode kernels "
                                 "(eager attention, which a draft switches on); speedup is against the 1.5B's default "
                                 "decoding (SDPA attention)"),
@@ -126,12 +151,45 @@ def label_probs(pipeline, question: str, hits, label_ids) -> tuple[dict, float, 
     return dict(zip(LABELS, probs)), seconds, int(pipeline.llm.encode_prompt(messages).shape[1])
 
 
-def cascade(args) -> dict:
-    """The 0.5B answers each PubMedQA question (yes/no/maybe, retrieval on); when its top label's
-    probability is under a threshold the 1.5B answers instead. The threshold is chosen on train
-    questions (the user's own labelled data): the lowest escalation rate whose train accuracy is at
-    least 95% of the 1.5B's; test figures are then read at that threshold."""
-    from scipy.stats import binomtest
+def fit_label_bias(rows: list[dict], name: str) -> dict[str, float]:
+    """Per-label log-biases (0 for the first label) that maximise the likelihood of the gold labels of
+    `rows` under p(label) ∝ p_model(label) · e^bias: the label-prior correction of calibrate-before-use
+    (Zhao et al., 2021), fitted on labelled train questions (two numbers per model)."""
+    import numpy as np
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    from ragkit.generation.evaluate import LABELS
+
+    logp = np.log(np.array([[r[name]["probs"][lab] for lab in LABELS] for r in rows]) + 1e-12)
+    gold = np.array([LABELS.index(r["gold"]) for r in rows])
+
+    def nll(b):
+        z = logp + np.concatenate([[0.0], b])
+        return -(z[np.arange(len(gold)), gold] - logsumexp(z, axis=1)).mean()
+
+    b = minimize(nll, np.zeros(len(LABELS) - 1), method="L-BFGS-B").x
+    return dict(zip(LABELS, [0.0, *(round(float(v), 4) for v in b)]))
+
+
+def calibrated(rows: list[dict], biases: dict[str, dict[str, float]]) -> list[dict]:
+    """`rows` with each named model's label and confidence re-read from its bias-corrected probabilities."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        for name, bias in biases.items():
+            w = {lab: p * math.exp(bias[lab]) for lab, p in r[name]["probs"].items()}
+            z = sum(w.values())
+            label = max(w, key=w.get)
+            r[name] = {**r[name], "label": label, "confidence": w[label] / z}
+        out.append(r)
+    return out
+
+
+def cascade_rows(args) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    """Both models' label probabilities, seconds and prompt tokens on `--train-limit` train and `--limit`
+    test questions (the same BM25 hits for both), cached in `--work`/cascade_rows.json and resumed from it."""
+    import torch
 
     from ragkit.config import PipelineConfig
     from ragkit.data.corpus import load_beir_corpus, load_beir_judged
@@ -143,29 +201,48 @@ def cascade(args) -> dict:
 
     data = require_datasets() / "pubmedqa_labeled"
     answers = load_answers(data)
+    cache = Path(args.work) / "cascade_rows.json"
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if saved.get("k") != args.k:
+        saved = {"k": args.k, "train": [], "test": []}
     index = Index.build(load_beir_corpus(data), IndexConfig(retrievers=["bm25"]))
     models = {"small": HFCausalLM.from_pretrained("qwen2.5-coder-0.5b"), "big": HFCausalLM.from_pretrained("qwen2.5-coder-1.5b")}
-    params = {name: sum(p.numel() for p in llm.model.parameters() if p.dtype != __import__("torch").int8)
-              for name, llm in models.items()}
+    params = {name: sum(p.numel() for p in llm.model.parameters() if p.dtype != torch.int8) for name, llm in models.items()}
     config = PipelineConfig()
     config.retrieval.k = args.k
     pipes = {name: Pipeline(index, llm, config) for name, llm in models.items()}
     label_ids = _label_token_ids(models["small"].tokenizer)
-    splits = {}
     for split, limit in (("train", args.train_limit), ("test", args.limit)):
         judged, _ = load_beir_judged(data, split)
-        rows = []
+        rows = saved[split]
+        done = {r["id"] for r in rows}
         for qid, question in list(judged.items())[:limit]:
+            if qid in done:
+                continue
             hits = pipes["small"].retrieve(question)
             row = {"id": qid, "gold": answers[qid]["final_decision"]}
             for name, pipe in pipes.items():
                 probs, seconds, tokens = label_probs(pipe, question, hits, label_ids)
                 row[name] = {"label": max(probs, key=probs.get), "confidence": max(probs.values()),
+                             "probs": {k: round(v, 6) for k, v in probs.items()},
                              "s": round(seconds, 3), "prompt_tokens": tokens}
             rows.append(row)
-            if len(rows) % 20 == 0:
+            if len(rows) % 10 == 0:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps(saved))
+                tmp.replace(cache)
                 print(split, len(rows), flush=True)
-        splits[split] = rows
+        saved[split] = rows[:limit]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(saved))
+    return {"train": saved["train"], "test": saved["test"]}, params
+
+
+def cascade_figures(splits: dict[str, list[dict]], params: dict[str, int], label: str) -> dict:
+    """Threshold chosen on the train rows (the lowest escalation rate whose train accuracy is at least
+    95% of the 1.5B's), then test accuracy, compute, the curve and an exact McNemar test vs the 1.5B."""
+    from scipy.stats import binomtest
 
     def at(rows, threshold):
         """(accuracy, compute ratio by parameters x prompt tokens, seconds ratio, escalated share)."""
@@ -185,11 +262,11 @@ def cascade(args) -> dict:
     def accuracy(rows, name):
         return sum(r[name]["label"] == r["gold"] for r in rows) / len(rows)
 
-    thresholds = sorted({0.0, 1.01} | {round(r["small"]["confidence"] + 1e-9, 6) for r in splits["train"]})
-    train_big = accuracy(splits["train"], "big")
-    ok = [t for t in thresholds if at(splits["train"], t)[0] >= 0.95 * train_big]
-    chosen = min(ok, key=lambda t: at(splits["train"], t)[3]) if ok else 1.01
-    test = splits["test"]
+    train, test = splits["train"], splits["test"]
+    thresholds = sorted({0.0, 1.01} | {round(r["small"]["confidence"] + 1e-9, 6) for r in train})
+    train_big = accuracy(train, "big")
+    ok = [t for t in thresholds if at(train, t)[0] >= 0.95 * train_big]
+    chosen = min(ok, key=lambda t: at(train, t)[3]) if ok else 1.01
     acc, compute, secs, escalated = at(test, chosen)
     big_acc, small_acc = accuracy(test, "big"), accuracy(test, "small")
     curve = []
@@ -204,18 +281,38 @@ def cascade(args) -> dict:
     c_ = sum(g and not c for c, g in zip(casc_right, big_right))
     p_value = binomtest(b, b + c_, 0.5).pvalue if b + c_ else 1.0
     rows = [[f"{t['threshold']:.2f}", t["accuracy"], t["compute_ratio"], t["seconds_ratio"], t["escalated"]] for t in curve]
+    print(f"\n{label}")
     print(table(["threshold (0.5B confidence)", "accuracy", "compute ÷ 1.5B", "seconds ÷ 1.5B", "escalated"], rows))
     print(f"test, {len(test)} questions: 0.5B {small_acc:.3f}, 1.5B {big_acc:.3f}, cascade at {chosen:.3f} (chosen on "
-          f"{len(splits['train'])} train questions) {acc:.3f} = {acc / big_acc:.3f} of the 1.5B at {compute:.3f} of its "
+          f"{len(train)} train questions) {acc:.3f} = {acc / big_acc:.3f} of the 1.5B at {compute:.3f} of its "
           f"compute ({secs:.3f} of its seconds), {escalated:.2%} escalated; McNemar p = {p_value:.3f}")
     return {"accuracy_ratio": round(acc / big_acc, 4), "compute_ratio": round(compute, 4), "seconds_ratio": round(secs, 4),
-            "threshold": chosen, "threshold_chosen_on": f"{len(splits['train'])} PubMedQA train questions",
+            "threshold": chosen, "threshold_chosen_on": f"{len(train)} PubMedQA train questions",
             "accuracy": {"small": round(small_acc, 4), "big": round(big_acc, 4), "cascade": round(acc, 4)},
             "escalated": round(escalated, 4), "questions": len(test), "p_value_vs_big": round(p_value, 4),
-            "discordant": {"cascade_right_big_wrong": b, "big_right_cascade_wrong": c_},
+            "discordant": {"cascade_right_big_wrong": b, "big_right_cascade_wrong": c_}, "curve_on_test": curve}
+
+
+def cascade(args) -> dict:
+    """The 0.5B answers each PubMedQA question (yes/no/maybe, retrieval on); when its top label's
+    probability is under a threshold the 1.5B answers instead. Both models' label scores are first
+    corrected by label biases fitted on train questions (the user's own labelled data; `fit_label_bias`),
+    and the threshold is chosen on the same train questions; test figures are read at that threshold,
+    against the 1.5B alone with the same correction (and, beside, with neither corrected)."""
+    splits, params = cascade_rows(args)
+    raw = cascade_figures(splits, params, "uncalibrated (label scores as read)")
+    biases = {name: fit_label_bias(splits["train"], name) for name in ("small", "big")}
+    cal = {split: calibrated(rows, biases) for split, rows in splits.items()}
+    out = cascade_figures(cal, params, f"calibrated on train: label log-biases {biases}")
+    big_raw = raw["accuracy"]["big"]
+    print(f"cascade (calibrated) vs the uncalibrated 1.5B: {out['accuracy']['cascade'] / big_raw:.3f} of its accuracy")
+    return {**out, "calibration": {"label_log_biases": biases, "fitted_on": f"{len(splits['train'])} PubMedQA train questions",
+                                   "method": "per-label log-bias maximising train likelihood (label-prior correction), both models"},
+            "accuracy_ratio_vs_uncalibrated_big": round(out["accuracy"]["cascade"] / big_raw, 4),
+            "uncalibrated": raw,
             "compute_means": "parameters x prompt tokens (one forward pass per answer: labels are read from the next token)",
-            "retrieval": f"bm25, k {args.k}", "curve_on_test": curve,
-            "signal": "the 0.5B's probability of its top label (softmax over yes/no/maybe scores)",
+            "retrieval": f"bm25, k {args.k}",
+            "signal": "the 0.5B's probability of its top label (softmax over yes/no/maybe scores, after the label-bias correction)",
             "per_question": splits}
 
 
@@ -353,7 +450,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["speculative", "cascade", "pydocs", "pubmed", "proxy_pair", "pair_speed"])
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "ragkit" / "bench-qwen"),
-                    help="pair_speed: folder for its throw-away LoRA and proxy adapter")
+                    help="pair_speed: folder for its throw-away LoRA and proxy adapter; cascade: its resumable rows")
     ap.add_argument("--proxy", default="adapters/q15-pydocs-proxy", help="proxy_pair: the proxy adapter folder")
     ap.add_argument("--text", default="corpora/pydocs-lm/test.txt", help="proxy_pair: held-out text")
     ap.add_argument("--also", nargs="*", default=[], help="proxy_pair: more adapter folders to time beside (poe, ...)")
@@ -364,13 +461,18 @@ def main() -> None:
     ap.add_argument("--reference-json", default=None,
                     help="pydocs / pubmed: an earlier eval of the same text that holds the LoRA reference")
     ap.add_argument("--limit", type=int, default=200, help="cascade: test questions")
+    ap.add_argument("--lookup", type=int, default=3, help="speculative: n-gram size of the prompt-lookup variant")
+    ap.add_argument("--questions", type=int, default=len(QUESTIONS), help="speculative: the first N bench questions")
+    ap.add_argument("--setting-questions", action="store_true",
+                    help="speculative: run on SETTING_QUESTIONS (not the bench's; for choosing draft settings) and "
+                         "write under speculative_settings")
     ap.add_argument("--train-limit", type=int, default=100, help="cascade: train questions to choose the threshold on")
-    args = pydocs_generation_args(ap, lambda a: a.phase in ("speculative", "cascade"))
+    args = pydocs_generation_args(ap, lambda a: a.phase == "speculative")
     path = RESULTS / "qwen_pair.json"
     out = {"speculative": speculative, "cascade": cascade, "pydocs": whitebox, "pubmed": whitebox,
            "proxy_pair": proxy_pair, "pair_speed": pair_speed}[args.phase](args)
     res = json.loads(path.read_text()) if path.is_file() else {}  # read after the phase: others may have written
-    res[args.phase] = out
+    res["speculative_settings" if getattr(args, "setting_questions", False) else args.phase] = out
     res["environment"] = environment()
     write_results("qwen_pair", res)
 

@@ -3,7 +3,7 @@ format costs in quality; picks ragkit's `auto` format per model size.
 
     python bench/qwen_speed.py [--models qwen2.5-coder-0.5b,qwen2.5-coder-1.5b,smollm2]
                                [--formats float32,bfloat16,int8,torch-dynamic-int8] [--threads 1,2]
-                               [--prompt-tokens 400] [--new-tokens 32] [--force]
+                               [--prompt-tokens 400] [--new-tokens 32] [--force] [--out qwen_speed]
 
 Formats: ragkit's `float32`, `bfloat16` and `int8` (bf16 weights for the prompt, an int8 copy for
 decode steps: `ragkit.generation.quantize`), and the peer `torch-dynamic-int8` (torch's own dynamic
@@ -125,11 +125,13 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=400)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--force", action="store_true", help="measure again what the results file already holds")
+    ap.add_argument("--out", default="qwen_speed", help="results name: bench/results/OUT.json (one per CPU kind: "
+                    "qwen_speed is AVX-512 BF16, qwen_speed_avx2 an AVX2 CPU without native bf16)")
     args = ap.parse_args()
 
     from ragkit.generation.loader import _param_count
 
-    path = RESULTS / "qwen_speed.json"
+    path = RESULTS / f"{args.out}.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
     res.setdefault("runs", {})
     res["thread_policy"] = ("both phases on the stated torch thread count, set around each phase and restored "
@@ -160,9 +162,9 @@ def main() -> None:
             res["runs"][key] = row
             del model
             res["environment"] = environment()
-            write_results("qwen_speed", res)
+            write_results(args.out, res)
     summarise(res, args.new_tokens)
-    write_results("qwen_speed", res)
+    write_results(args.out, res)
 
 
 def summarise(res: dict, new_tokens: int) -> None:

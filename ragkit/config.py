@@ -52,6 +52,7 @@ class LLMConfig:
     retries: int = 2
     context_window: int | None = None  # override the model's own
     draft: str | None = None      # a smaller sibling (same tokenizer) for speculative decoding, e.g. qwen2.5-coder-0.5b
+    draft_lookup: int = 0         # with a draft: n-gram size of prompt lookup tried before drafting (0: off)
 
 
 @dataclass

@@ -42,6 +42,16 @@ def torch_threads(n: int | None, faiss: bool = False) -> Iterator[None]:
             sys.modules["faiss"].omp_set_num_threads(faiss_before)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX). Without it torch emulates
+    bf16 matrix products: on an AVX2 EPYC a 64-row bf16 product of a 1536x8960 layer took 206 ms
+    against 61 ms in float32, so ragkit keeps many-row work in float32 there."""
+    import torch
+
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def import_object(spec: str):
     """The object a "module:Name" string names, imported on demand (ragkit's extension tables)."""
     import importlib

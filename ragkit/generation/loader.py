@@ -58,7 +58,7 @@ def _from_config(config) -> Any:
         if config.backend != "hf":
             raise RagkitError("llm.draft (speculative decoding) needs a local model: backend 'hf'")
         llm.attach_draft(load_llm(config.draft, dtype=config.dtype, threads=config.threads,
-                                  prefill_threads=config.prefill_threads))
+                                  prefill_threads=config.prefill_threads), lookup=config.draft_lookup)
     return llm
 
 
@@ -126,13 +126,14 @@ def _model_dir(folder: Path) -> Path | None:
 def load_causal_lm(ref: str | Path, dtype: str = "float32") -> tuple[Any, Any, str]:
     """(model, tokenizer, name) for any model reference (see the module docstring), in weight format
     `dtype` (see `ragkit.generation.quantize`: float32, bfloat16, int8, or auto by size)."""
-    from ragkit.generation.quantize import check_dtype, quantize_int8, resolve_dtype
+    from ragkit.generation.quantize import check_dtype, load_dtype, quantize_int8, resolve_dtype
 
     check_dtype(dtype)
     fmt = dtype
     if dtype == "auto":
         fmt = resolve_dtype(dtype, _param_count(ref))
-    model, tok, name = _load_causal_lm(ref, "bfloat16" if fmt == "int8" else fmt)
+    # int8 starts from its many-row dtype: bfloat16, or float32 on a CPU without native bf16
+    model, tok, name = _load_causal_lm(ref, str(load_dtype(fmt)).removeprefix("torch."))
     return (quantize_int8(model) if fmt == "int8" else model), tok, name
 
 

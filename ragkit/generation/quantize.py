@@ -1,8 +1,9 @@
 """Weight formats for local causal LMs on CPU: `float32`, `bfloat16`, `int8`, and `auto` (per size).
 
-`int8` keeps each linear layer's bfloat16 weights for the prompt's forward pass (many rows: bf16
-matrix products on AVX-512 BF16 were 6.6x faster than fp32 for a 256-token prompt on this machine
-kind) and adds a per-output-channel int8 copy for decode steps (a few rows: the step reads half the
+`int8` keeps each linear layer's weights for the prompt's forward pass in bfloat16 where the CPU
+multiplies bf16 natively (many rows: bf16 matrix products on AVX-512 BF16 were 6.6x faster than fp32
+for a 256-token prompt), in float32 where it does not (an AVX2 CPU emulates bf16: 3.4x slower than
+fp32 for 64 rows; `ragkit.runtime.native_bf16`), and adds a per-output-channel int8 copy for decode steps (a few rows: the step reads half the
 bytes; `torch.ops.aten._weight_int8pack_mm` took a 1536x8960 layer from 1.87 ms in bf16 to 0.77 ms
 on one thread; it grows with the rows, so only passes of up to `DECODE_MAX_ROWS` rows use it). Torch's dynamic quantisation (`torch.ao.quantization.quantize_dynamic`) is deprecated
 and its quantized tensors with it, so ragkit does not use it; `bench/qwen_speed.py` measures it as
@@ -41,10 +42,21 @@ def resolve_dtype(dtype: str, n_params: int | None) -> str:
 
 
 def load_dtype(dtype: str) -> Any:
-    """The torch dtype a model in format `dtype` is loaded in (int8 starts from bfloat16)."""
+    """The torch dtype a model in format `dtype` is loaded in (int8 starts from the many-row dtype:
+    bfloat16 on CPUs with native bf16, else float32)."""
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}[dtype]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": prompt_dtype()}[dtype]
+
+
+def prompt_dtype() -> Any:
+    """The dtype of the int8 format's many-row (prompt) weights: bfloat16 where the CPU multiplies it
+    natively, else float32."""
+    import torch
+
+    from ragkit.runtime import native_bf16
+
+    return torch.bfloat16 if native_bf16() else torch.float32
 
 
 @functools.cache
@@ -54,14 +66,16 @@ def _int8_linear_class():
     import torch.nn.functional as F
 
     class Int8DecodeLinear(torch.nn.Module):
-        """A linear layer with bf16 weights for many rows and an int8 copy for at most `max_rows`."""
+        """A linear layer with bf16 (or, without native bf16, float32) weights for many rows and an
+        int8 copy for at most `max_rows`."""
 
         def __init__(self, linear: torch.nn.Linear, max_rows: int = DECODE_MAX_ROWS):
             super().__init__()
             w = linear.weight.detach()
+            dtype = prompt_dtype()
             self.in_features, self.out_features, self.max_rows = linear.in_features, linear.out_features, max_rows
-            self.weight = torch.nn.Parameter(w.to(torch.bfloat16), requires_grad=False)
-            self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+            self.weight = torch.nn.Parameter(w.to(dtype), requires_grad=False)
+            self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
             wf = w.float()
             scales = (wf.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
             self.register_buffer("qweight", torch.round(wf / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous())
@@ -70,9 +84,10 @@ def _int8_linear_class():
         def forward(self, x):
             rows = x.numel() // self.in_features
             if rows > self.max_rows:
-                return F.linear(x.to(torch.bfloat16), self.weight, self.bias)
+                return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+            # bf16 activations on every CPU: with float32 ones this kernel was 7x slower on AVX2
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, self.in_features).to(torch.bfloat16), self.qweight, self.scales)
-            y = y.reshape(*x.shape[:-1], self.out_features)
+            y = y.reshape(*x.shape[:-1], self.out_features).to(self.weight.dtype)
             return y if self.bias is None else y + self.bias
 
         def extra_repr(self) -> str:

@@ -259,8 +259,9 @@ def training_dtype(precision: str):
     import torch
 
     if precision == "auto":
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        return torch.bfloat16 if native else torch.float32
+        from ragkit.runtime import native_bf16
+
+        return torch.bfloat16 if native_bf16() else torch.float32
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[precision]
 
 

@@ -84,9 +84,16 @@ def test_auto_picks_float32_for_small_models_and_int8_from_the_threshold():
         check_dtype("fp8")
 
 
-def test_int8_layers_use_the_int8_copy_for_few_rows_and_bf16_for_many():
+@pytest.mark.parametrize("native", [True, False])
+def test_int8_layers_use_the_int8_copy_for_few_rows_and_the_prompt_dtype_for_many(native, monkeypatch):
+    """Many rows (a prompt) run on weights in bf16 where the CPU multiplies bf16 natively, in float32
+    where it would emulate it; few rows (a decode step) on the int8 copy either way."""
     import torch
 
+    from ragkit import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: native)
+    want = torch.bfloat16 if native else torch.float32
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=False))
     model.config = type("C", (), {})()
@@ -94,12 +101,13 @@ def test_int8_layers_use_the_int8_copy_for_few_rows_and_bf16_for_many():
     ref_few, ref_many = model(x_few), model(x_many)
     quantize_int8(model, max_rows=16)
     layer = model[0]
-    assert layer.qweight.dtype == torch.int8 and layer.weight.dtype == torch.bfloat16
+    assert layer.qweight.dtype == torch.int8 and layer.weight.dtype == want
     with torch.inference_mode():
         few, many = model(x_few), model(x_many)
-        bf16 = torch.nn.functional.linear(x_many.to(torch.bfloat16), layer.weight, layer.bias)
-    assert torch.equal(layer(x_many), bf16)  # many rows (a prompt): the bf16 weights exactly
-    assert not torch.equal(layer(x_few), torch.nn.functional.linear(x_few.to(torch.bfloat16), layer.weight, layer.bias))
+        dense = torch.nn.functional.linear(x_many.to(want), layer.weight, layer.bias)
+    assert torch.equal(layer(x_many), dense)  # many rows: the prompt-dtype weights exactly
+    assert few.dtype == many.dtype == want
+    assert not torch.equal(layer(x_few), torch.nn.functional.linear(x_few.to(want), layer.weight, layer.bias))
     for got, ref in ((few, ref_few), (many, ref_many)):
         assert torch.allclose(got.float(), ref, atol=0.03 * ref.abs().max().item())
 
@@ -168,6 +176,17 @@ def test_a_draft_with_another_tokenizer_is_refused(llm):
     assert llm.draft is None
 
 
+def test_prompt_lookup_proposes_what_followed_the_last_n_gram_latest_first():
+    from ragkit.generation.llm.speculative import lookup_proposals
+
+    seq = [5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 4, 6, 7]
+    assert lookup_proposals(seq, 2, 3) == [2, 3, 4]  # the latest earlier [6, 7] wins
+    assert lookup_proposals(seq, 3, 3) == []  # [4, 6, 7] never occurred before
+    assert lookup_proposals(seq[:-1] + [8], 2, 5) == []
+    assert lookup_proposals(seq, 2, 1) == [2] and lookup_proposals(seq, 0, 3) == [] and lookup_proposals(seq, 2, 0) == []
+    assert lookup_proposals([1, 2, 1, 2], 2, 4) == [1, 2]  # runs to the end of the sequence, no further
+
+
 @pytest.mark.slow
 def test_drafted_greedy_text_equals_the_models_own(llm):
     """SmolLM2 drafting for itself: the loop's bookkeeping (accepted runs, cut caches, streaming)
@@ -186,6 +205,9 @@ def test_drafted_greedy_text_equals_the_models_own(llm):
         llm.draft = draft
         drafted = llm.generate(prompt, gen)
         assert drafted.text == own.text and drafted.completion_tokens == own.completion_tokens == 40
+        llm.draft_lookup = 1  # prompt lookup first: proposals that are often wrong, the same text
+        assert llm.generate(prompt, gen).text == own.text and llm.draft_stats["looked_up"] > 0
+        llm.draft_lookup = 0
         stream = llm.stream(prompt, gen)
         assert "".join(stream) == own.text and stream.completion_tokens == 40
         short = "def fibonacci(n):"  # under 32 tokens: no separate prefill, the first step takes it whole

@@ -218,6 +218,7 @@ class HFCausalLM(LLM):
         self.draft: HFCausalLM | None = None  # a small sibling that drafts tokens (`attach_draft`)
         self.draft_tokens = 10
         self.draft_confidence = 0.6  # drafting stops after a token the draft gives less probability
+        self.draft_lookup = 0  # n-gram size of prompt lookup before drafting (0: off; see `attach_draft`)
         self.draft_stats: dict = {}  # the last drafted generation: checks, tokens proposed, tokens kept
         self.step_attention: str | None = None  # attention kernel for decode steps; None: the model's own
         self.max_queue: int | None = None  # with batching on: how many generations may wait (serial path too)
@@ -258,20 +259,23 @@ class HFCausalLM(LLM):
             info.update(mode="serial", reason="white-box adapters are attached: they run one generation at a time")
         return info
 
-    def attach_draft(self, draft: "HFCausalLM | None", draft_tokens: int = 10, confidence: float = 0.6) -> None:
+    def attach_draft(self, draft: "HFCausalLM | None", draft_tokens: int = 10, confidence: float = 0.6,
+                     lookup: int = 0) -> None:
         """Speculative decoding (`ragkit.generation.llm.speculative`): `draft`, a smaller model with
         the same tokenizer, proposes up to `draft_tokens` tokens (stopping after one it gives less
         than `confidence` probability) and this model checks them in one forward pass. The defaults
         were the fastest of 4 settings for the Qwen pair on three questions outside the bench's.
         Greedy generations on the serial path without white-box adapters; the text is this model's
         own greedy text. Decode steps then use eager attention, with or without the
-        draft (see the module). None detaches the draft and restores the model's attention."""
+        draft (see the module). `lookup` n > 0 first tries prompt lookup: when the last n tokens
+        occurred earlier in the prompt or answer, the tokens that followed them are checked instead
+        of drafting. None detaches the draft and restores the model's attention."""
         if draft is not None:
             probe = "def f(x):\n    return x ** 2  # speculative décodage"
             if len(draft.tokenizer) != len(self.tokenizer) or draft.tokenizer.encode(probe) != self.tokenizer.encode(probe):
                 raise ModelLoadError(f"draft model {draft.model_id} does not share {self.model_id}'s tokenizer: "
                                      "speculative decoding needs the same vocabulary (a smaller sibling)")
-        self.draft, self.draft_tokens, self.draft_confidence = draft, draft_tokens, confidence
+        self.draft, self.draft_tokens, self.draft_confidence, self.draft_lookup = draft, draft_tokens, confidence, lookup
         self.step_attention = "eager" if draft is not None else None
 
     @contextmanager

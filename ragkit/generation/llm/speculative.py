@@ -1,7 +1,9 @@
 """Speculative decoding with a small sibling as the draft: ragkit's own loop.
 
-The draft proposes up to `llm.draft_tokens` greedy tokens, one step each on the decode threads,
-and stops early after a token it gives less than `llm.draft_confidence` probability;
+Each round's proposals come from the prompt when its last `llm.draft_lookup` tokens occurred
+earlier (prompt lookup: the tokens that followed them, no model run), else from the draft: up to
+`llm.draft_tokens` greedy tokens, one step each on the decode threads, stopping early after a token
+it gives less than `llm.draft_confidence` probability;
 the LLM checks them all in one forward pass (several rows: on the prefill threads, as batched steps
 are) and keeps the longest run it agrees with, plus its own next token. Both KV caches are cut back
 to what was kept. Greedy only.
@@ -34,7 +36,7 @@ def speculative_decode(llm, ids, max_new_tokens: int, on_tokens: Callable[[list[
     eos = llm.end_token_ids()
     seq = ids[0].tolist()
     out: list[int] = []
-    stats = llm.draft_stats = {"checks": 0, "proposed": 0, "kept": 0}
+    stats = llm.draft_stats = {"checks": 0, "proposed": 0, "kept": 0, "looked_up": 0}
     t_cache = llm._prefill(ids)  # the prompt but its last token, as the plain path prefills it
     if t_cache is None:  # a short prompt: the plain path runs it whole in its first step; so does this
         t_cache = DynamicCache(config=target.config)
@@ -51,10 +53,11 @@ def speculative_decode(llm, ids, max_new_tokens: int, on_tokens: Callable[[list[
             draft(input_ids=torch.tensor([seq[:-1]]), use_cache=True, **{kw_d: d_cache})
     while len(out) < max_new_tokens:
         budget = min(llm.draft_tokens, max_new_tokens - len(out) - 1)  # verifying always adds one token
-        proposals: list[int] = []
+        proposals = lookup_proposals(seq, llm.draft_lookup, budget)  # free when the answer copies its prompt
+        stats["looked_up"] += bool(proposals)
         with torch_threads(llm.threads), torch.inference_mode():
             feed = seq[d_cache.get_seq_length():]
-            for _ in range(budget):
+            for _ in range(0 if proposals else budget):
                 logits = draft(input_ids=torch.tensor([feed]), use_cache=True, logits_to_keep=1, **{kw_d: d_cache}).logits
                 probs = torch.softmax(logits[0, -1].float(), dim=-1)
                 token = int(probs.argmax())
@@ -87,6 +90,20 @@ def speculative_decode(llm, ids, max_new_tokens: int, on_tokens: Callable[[list[
         if on_tokens(new) or new[-1] in eos:
             break
     return out
+
+
+def lookup_proposals(seq: list[int], ngram: int, budget: int) -> list[int]:
+    """Prompt-lookup drafting: the up to `budget` tokens that followed the latest earlier occurrence
+    of the sequence's last `ngram` tokens (prompt or answer so far); [] when there is none or
+    `ngram` is 0. Answers grounded in retrieved passages copy runs of them, which this proposes
+    without running the draft model."""
+    if ngram <= 0 or budget <= 0 or len(seq) <= ngram:
+        return []
+    tail = seq[-ngram:]
+    for start in range(len(seq) - ngram - 1, -1, -1):
+        if seq[start:start + ngram] == tail:
+            return seq[start + ngram:start + ngram + budget]
+    return []
 
 
 def _cut(cache, length: int) -> None:
