@@ -300,15 +300,34 @@ def cascade(args) -> dict:
     and the threshold is chosen on the same train questions; test figures are read at that threshold,
     against the 1.5B alone with the same correction (and, beside, with neither corrected)."""
     splits, params = cascade_rows(args)
+    train = splits["train"]
     raw = cascade_figures(splits, params, "uncalibrated (label scores as read)")
-    biases = {name: fit_label_bias(splits["train"], name) for name in ("small", "big")}
+    # a model is calibrated when, in 2-fold cross-validation on the train questions, its biases fitted
+    # on one half raise its accuracy on the other (maximum likelihood need not raise accuracy)
+    halves = (train[: len(train) // 2], train[len(train) // 2:])
+    cv = {}
+    for name in ("small", "big"):
+        def acc(rows):
+            return sum(r[name]["label"] == r["gold"] for r in rows)
+        cv[name] = {"raw": sum(acc(h) for h in halves) / len(train),
+                    "calibrated": sum(acc(calibrated(b, {name: fit_label_bias(a, name)})) for a, b in (halves, halves[::-1])) / len(train)}
+    biases = {name: fit_label_bias(train, name) for name in ("small", "big") if cv[name]["calibrated"] > cv[name]["raw"]}
     cal = {split: calibrated(rows, biases) for split, rows in splits.items()}
-    out = cascade_figures(cal, params, f"calibrated on train: label log-biases {biases}")
-    big_raw = raw["accuracy"]["big"]
-    print(f"cascade (calibrated) vs the uncalibrated 1.5B: {out['accuracy']['cascade'] / big_raw:.3f} of its accuracy")
-    return {**out, "calibration": {"label_log_biases": biases, "fitted_on": f"{len(splits['train'])} PubMedQA train questions",
-                                   "method": "per-label log-bias maximising train likelihood (label-prior correction), both models"},
-            "accuracy_ratio_vs_uncalibrated_big": round(out["accuracy"]["cascade"] / big_raw, 4),
+    out = cascade_figures(cal, params, f"calibrated on train ({', '.join(biases) or 'neither'}): label log-biases {biases}")
+    # the peer is the stronger 1.5B on test, calibrated or not (so calibration cannot weaken the reference)
+    big_all = {"uncalibrated": raw["accuracy"]["big"],
+               "calibrated": sum(r["big"]["label"] == r["gold"] for r in calibrated(splits["test"], {"big": fit_label_bias(train, "big")})) / len(splits["test"])}
+    big_best = max(big_all.values())
+    ratio = out["accuracy"]["cascade"] / big_best
+    print(f"2-fold train accuracy, raw vs calibrated: {cv}; the 1.5B on test: {big_all}; "
+          f"cascade ÷ the stronger 1.5B: {ratio:.3f} at {out['compute_ratio']:.3f} of its compute")
+    return {**out, "accuracy_ratio": round(ratio, 4), "accuracy_ratio_vs_big_as_used": out["accuracy_ratio"],
+            "big_accuracy_test": {k: round(v, 4) for k, v in big_all.items()},
+            "calibration": {"label_log_biases": biases, "fitted_on": f"{len(train)} PubMedQA train questions",
+                            "method": ("per-label log-bias maximising train likelihood (label-prior correction), applied "
+                                       "to a model when it raises 2-fold cross-validated train accuracy"),
+                            "cross_validated_train_accuracy": cv},
+            "accuracy_ratio_means": "the cascade's test accuracy ÷ the stronger of the 1.5B alone calibrated or not",
             "uncalibrated": raw,
             "compute_means": "parameters x prompt tokens (one forward pass per answer: labels are read from the next token)",
             "retrieval": f"bm25, k {args.k}",
