@@ -239,6 +239,11 @@ def cascade_rows(args) -> tuple[dict[str, list[dict]], dict[str, int]]:
     return {"train": saved["train"], "test": saved["test"]}, params
 
 
+def label_accuracy(rows: list[dict], name: str) -> float:
+    """The share of `rows` whose model `name` chose the gold label."""
+    return sum(r[name]["label"] == r["gold"] for r in rows) / len(rows)
+
+
 def cascade_figures(splits: dict[str, list[dict]], params: dict[str, int], label: str) -> dict:
     """Threshold chosen on the train rows (the lowest escalation rate whose train accuracy is at least
     95% of the 1.5B's), then test accuracy, compute, the curve and an exact McNemar test vs the 1.5B."""
@@ -259,16 +264,13 @@ def cascade_figures(splits: dict[str, list[dict]], params: dict[str, int], label
         n = len(rows)
         return correct / n, flops / big_flops, secs / big_secs, escalated / n
 
-    def accuracy(rows, name):
-        return sum(r[name]["label"] == r["gold"] for r in rows) / len(rows)
-
     train, test = splits["train"], splits["test"]
     thresholds = sorted({0.0, 1.01} | {round(r["small"]["confidence"] + 1e-9, 6) for r in train})
-    train_big = accuracy(train, "big")
+    train_big = label_accuracy(train, "big")
     ok = [t for t in thresholds if at(train, t)[0] >= 0.95 * train_big]
     chosen = min(ok, key=lambda t: at(train, t)[3]) if ok else 1.01
     acc, compute, secs, escalated = at(test, chosen)
-    big_acc, small_acc = accuracy(test, "big"), accuracy(test, "small")
+    big_acc, small_acc = label_accuracy(test, "big"), label_accuracy(test, "small")
     curve = []
     for t in (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.01):
         a, c, sec, e = at(test, t)
@@ -295,28 +297,29 @@ def cascade_figures(splits: dict[str, list[dict]], params: dict[str, int], label
 
 def cascade(args) -> dict:
     """The 0.5B answers each PubMedQA question (yes/no/maybe, retrieval on); when its top label's
-    probability is under a threshold the 1.5B answers instead. Both models' label scores are first
-    corrected by label biases fitted on train questions (the user's own labelled data; `fit_label_bias`),
-    and the threshold is chosen on the same train questions; test figures are read at that threshold,
-    against the 1.5B alone with the same correction (and, beside, with neither corrected)."""
+    probability is under a threshold the 1.5B answers instead. A model's label scores are first
+    corrected by label biases fitted on train questions (the user's own labelled data; `fit_label_bias`)
+    when that raises its 2-fold cross-validated train accuracy, and the threshold is chosen on the same
+    train questions; test figures are read at that threshold, against the stronger 1.5B alone
+    (corrected or not), and beside them the figures with neither model corrected."""
     splits, params = cascade_rows(args)
-    train = splits["train"]
+    train, test = splits["train"], splits["test"]
     raw = cascade_figures(splits, params, "uncalibrated (label scores as read)")
     # a model is calibrated when, in 2-fold cross-validation on the train questions, its biases fitted
     # on one half raise its accuracy on the other (maximum likelihood need not raise accuracy)
     halves = (train[: len(train) // 2], train[len(train) // 2:])
-    cv = {}
+    fitted, cv = {}, {}
     for name in ("small", "big"):
-        def acc(rows):
-            return sum(r[name]["label"] == r["gold"] for r in rows)
-        cv[name] = {"raw": sum(acc(h) for h in halves) / len(train),
-                    "calibrated": sum(acc(calibrated(b, {name: fit_label_bias(a, name)})) for a, b in (halves, halves[::-1])) / len(train)}
-    biases = {name: fit_label_bias(train, name) for name in ("small", "big") if cv[name]["calibrated"] > cv[name]["raw"]}
+        fitted[name] = fit_label_bias(train, name)
+        cross = sum(label_accuracy(calibrated(b, {name: fit_label_bias(a, name)}), name) * len(b)
+                    for a, b in (halves, halves[::-1]))
+        cv[name] = {"raw": label_accuracy(train, name), "calibrated": cross / len(train)}
+    biases = {name: fitted[name] for name in fitted if cv[name]["calibrated"] > cv[name]["raw"]}
     cal = {split: calibrated(rows, biases) for split, rows in splits.items()}
     out = cascade_figures(cal, params, f"calibrated on train ({', '.join(biases) or 'neither'}): label log-biases {biases}")
     # the peer is the stronger 1.5B on test, calibrated or not (so calibration cannot weaken the reference)
     big_all = {"uncalibrated": raw["accuracy"]["big"],
-               "calibrated": sum(r["big"]["label"] == r["gold"] for r in calibrated(splits["test"], {"big": fit_label_bias(train, "big")})) / len(splits["test"])}
+               "calibrated": label_accuracy(calibrated(test, {"big": fitted["big"]}), "big")}
     big_best = max(big_all.values())
     ratio = out["accuracy"]["cascade"] / big_best
     print(f"2-fold train accuracy, raw vs calibrated: {cv}; the 1.5B on test: {big_all}; "

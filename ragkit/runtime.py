@@ -8,6 +8,7 @@ previous count when the block ends.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import sys
 from contextlib import contextmanager
@@ -42,10 +43,12 @@ def torch_threads(n: int | None, faiss: bool = False) -> Iterator[None]:
             sys.modules["faiss"].omp_set_num_threads(faiss_before)
 
 
+@functools.cache
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX). Without it torch emulates
-    bf16 matrix products: on an AVX2 EPYC a 64-row bf16 product of a 1536x8960 layer took 206 ms
-    against 61 ms in float32, so ragkit keeps many-row work in float32 there."""
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX; asked once: every int8
+    layer of a model asks). Without it torch emulates bf16 matrix products: on an AVX2 EPYC a 64-row
+    bf16 product of a 1536x8960 layer took 206 ms against 61 ms in float32, so ragkit keeps many-row
+    work in float32 there."""
     import torch
 
     cpu = torch.cpu

@@ -3,8 +3,8 @@
 `int8` keeps each linear layer's weights for the prompt's forward pass in bfloat16 where the CPU
 multiplies bf16 natively (many rows: bf16 matrix products on AVX-512 BF16 were 6.6x faster than fp32
 for a 256-token prompt), in float32 where it does not (an AVX2 CPU emulates bf16: 3.4x slower than
-fp32 for 64 rows; `ragkit.runtime.native_bf16`), and adds a per-output-channel int8 copy for decode steps (a few rows: the step reads half the
-bytes; `torch.ops.aten._weight_int8pack_mm` took a 1536x8960 layer from 1.87 ms in bf16 to 0.77 ms
+fp32 for 64 rows; `ragkit.runtime.native_bf16`), and adds a per-output-channel int8 copy for decode
+steps (a few rows: the step reads half the bytes; `torch.ops.aten._weight_int8pack_mm` took a 1536x8960 layer from 1.87 ms in bf16 to 0.77 ms
 on one thread; it grows with the rows, so only passes of up to `DECODE_MAX_ROWS` rows use it). Torch's dynamic quantisation (`torch.ao.quantization.quantize_dynamic`) is deprecated
 and its quantized tensors with it, so ragkit does not use it; `bench/qwen_speed.py` measures it as
 the peer. `auto` picks by parameter count from the table that bench measured (see `AUTO_DTYPE`).
