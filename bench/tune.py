@@ -11,8 +11,9 @@ colbert_tuned, hybrid, hybrid_tuned (the fusion chosen on synthetic questions), 
 and hybrid_tuned+colbert_rerank; each with nDCG@10 and R@100. Plus the tune summary (LLM, counts,
 synthesis and training times, questions/s, steps/s) and the mean over the sets done.
 
-usage: python bench/tune.py [--sets cranfield,time,...] [--queries 300] [--llm default] [--redo]
-Resumable: a set already in bench/results/tune.json is skipped (its tune folder in ~/.cache/ragkit/tune/
+usage: python bench/tune.py [--sets cranfield,time,...] [--queries 300] [--questions-per-chunk 3] [--llm default]
+                            [--out tune] [--redo]
+Resumable: a set already in bench/results/OUT.json is skipped (its tune folder in ~/.cache/ragkit/tune/
 also resumes a half-done run). Threads: indexing and training on 2 torch threads, queries on 1.
 """
 from __future__ import annotations
@@ -75,7 +76,10 @@ def cost_table(sets: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default=",".join(SETS))
-    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--queries", type=int, default=300, help="chunks to write questions for, per set")
+    ap.add_argument("--questions-per-chunk", type=int, default=3)
+    ap.add_argument("--out", default="tune", help="results name: bench/results/OUT.json (a run of another method "
+                                                  "goes beside tune.json until it covers every set)")
     ap.add_argument("--llm", default="default")
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--teacher", default="hybrid")
@@ -85,7 +89,7 @@ def main() -> None:
     from ragkit.retrieval.tune import TuneConfig, tune
     from ragkit.runtime import torch_threads
 
-    path = RESULTS / "tune.json"
+    path = RESULTS / f"{args.out}.json"
     results = json.loads(path.read_text()) if path.exists() else {"sets": {}}
     results["method"] = __doc__.split("\n\n")[1].replace("\n", " ")
     for name in args.sets.split(","):
@@ -97,7 +101,8 @@ def main() -> None:
         untuned = build_eval_index(data, ["bm25", "dense", "colbert"], show_progress=True)
         index_s = time.perf_counter() - t0
         base_scores = score_index(untuned, data, UNTUNED, show_progress=True)
-        config = TuneConfig(queries=args.queries, llm=args.llm, dense_steps=args.steps, colbert_steps=args.steps,
+        config = TuneConfig(queries=args.queries, questions_per_chunk=args.questions_per_chunk, llm=args.llm,
+                            dense_steps=args.steps, colbert_steps=args.steps,
                             teacher=args.teacher, threads=2)
         from ragkit.data.corpus import load_beir_corpus
 
@@ -114,12 +119,12 @@ def main() -> None:
         results["mean"] = mean_table(results["sets"])
         results["sets_done"] = sorted(results["sets"])
         results["environment"] = environment()
-        write_results("tune", results)
+        write_results(args.out, results)
         rows = [[n, m["nDCG@10"], m["R@100"]] for n, m in systems.items()]
         print(table(["system", "nDCG@10", "R@100"], rows))
     if results["sets"]:
         results["cost"] = cost_table(results["sets"])
-        write_results("tune", results)
+        write_results(args.out, results)
     if results.get("mean"):
         rows = [[n, m["nDCG@10"], m["R@100"]] for n, m in results["mean"].items()]
         print(f"mean over {len(results['sets'])} sets: {', '.join(sorted(results['sets']))}")

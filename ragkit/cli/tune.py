@@ -10,8 +10,9 @@ import typer
 from ragkit.cli.console import _fail, _safe, err, out
 from ragkit.errors import RagkitError
 
-# seconds per unit on 2 CPU cores (bench/tune.py): a SmolLM2 question, a dense step of 8 questions, a ColBERT step
-ESTIMATE = {"question": 1.8, "dense_step": 1.5, "colbert_step": 0.3, "chunk_encode": 0.03}
+# seconds per unit on 2 CPU cores (bench/tune.py): reading a chunk's prompt and writing one question with SmolLM2
+# (16 at a time: 1.5 s per chunk for 3 questions), a dense step of 8 questions, a ColBERT step, encoding a chunk
+ESTIMATE = {"chunk": 0.9, "question": 0.2, "dense_step": 1.5, "colbert_step": 0.3, "chunk_encode": 0.03}
 
 
 def tune(
@@ -25,10 +26,11 @@ def tune(
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML whose llm section is the "
                                                "question writer (e.g. backend openai, base_url: an OpenAI-compatible "
                                                "endpoint; the key from the environment)."),
-    queries: int = typer.Option(0, help="Chunks to write a question for (0: a quarter of the chunks, 100 to 1,000)."),
+    queries: int = typer.Option(0, help="Chunks to write questions for (0: a quarter of the chunks, 100 to 1,000)."),
+    questions_per_chunk: int = typer.Option(3, help="Questions the LLM writes per chunk, in one reply."),
     teacher: str = typer.Option("hybrid", help="Pseudo-label teacher: hybrid (BM25 + dense), colbert (MaxSim) or both."),
     candidates: int = typer.Option(6, help="Candidates per question: the source chunk and hard negatives."),
-    steps: int = typer.Option(0, help="Training steps of each student (0: about four epochs, 100 to 400)."),
+    steps: int = typer.Option(0, help="Training steps of each student (0: about two epochs, 100 to 400)."),
     colbert: bool = typer.Option(True, help="Also train the ColBERT checkpoint (DIR/colbert)."),
     encoder: str = typer.Option("default", help="The dense encoder to start from (hub id or folder)."),
     round_trip_k: int = typer.Option(20, help="Keep a question when its chunk is in the untuned hybrid's top k."),
@@ -43,15 +45,16 @@ def tune(
     from ragkit.retrieval.tune import tune as run
 
     try:
-        config = TuneConfig(llm=llm, queries=queries, teacher=teacher, candidates=candidates, dense_steps=steps,
+        config = TuneConfig(llm=llm, queries=queries, questions_per_chunk=questions_per_chunk, teacher=teacher, candidates=candidates, dense_steps=steps,
                             colbert_steps=steps, colbert=colbert, round_trip_k=round_trip_k, workers=workers, seed=seed)
         docs = _documents(corpus)
         n_chunks = sum(max(1, len(d.text) // 1000) for d in docs)  # a rough chunk count, for the estimate
         n = queries or int(min(1000, max(100, n_chunks // 4)))
-        steps_est = steps or auto_steps(int(0.6 * n), config.dense_batch)  # ~60% of the questions survive
-        est = (n * ESTIMATE["question"] + steps_est * (ESTIMATE["dense_step"] + colbert * ESTIMATE["colbert_step"])
+        # ~2 of 3 questions survive the filters, a fifth is held out
+        steps_est = steps or auto_steps(int(0.5 * n * questions_per_chunk), config.dense_batch)
+        est = (n * (ESTIMATE["chunk"] + questions_per_chunk * ESTIMATE["question"]) + steps_est * (ESTIMATE["dense_step"] + colbert * ESTIMATE["colbert_step"])
                + 2 * n_chunks * ESTIMATE["chunk_encode"])
-        err.print(f"tuning on {len(docs)} documents: about {n} questions by {llm}, ~{steps_est} steps per student; "
+        err.print(f"tuning on {len(docs)} documents: about {n * questions_per_chunk} questions ({n} chunks) by {llm}, ~{steps_est} steps per student; "
                   f"estimated {est / 60:.0f} min on 2 CPU cores (more with a larger LLM)")
         writer = None
         if config_file is not None:

@@ -7,8 +7,8 @@ import pytest
 from ragkit import Index, IndexConfig
 from ragkit.errors import CorpusError, IndexFormatError
 from ragkit.generation.llm.base import Generation
-from ragkit.retrieval.tune import (TuneConfig, check_corpus_input, clean_question, filter_questions, pseudo_label,
-                                   synthesize_questions, train_dense)
+from ragkit.retrieval.tune import (TuneConfig, check_corpus_input, clean_question, filter_questions, parse_questions,
+                                   pseudo_label, split_by_chunk, synthesize_questions, train_dense)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,23 @@ def test_clean_question():
     assert clean_question("The passage explains loops.") == ""
 
 
+def test_parse_questions_reads_one_per_line():
+    reply = "1. What does a loop do?\n2. What does a loop do?\n\n- Why use a generator? Because...\nNo question here.\n3) How?"
+    assert parse_questions(reply, 3) == ["What does a loop do?", "Why use a generator?", "How?"]
+    assert parse_questions(reply, 2) == ["What does a loop do?", "Why use a generator?"]
+    assert parse_questions(reply, 1) == ["What does a loop do?"]
+    assert parse_questions("Loops repeat.", 3) == []
+
+
+def test_held_out_questions_share_no_chunk_with_training():
+    import random
+
+    records = [{"chunk_id": f"c{i // 3}", "question": f"q{i}?"} for i in range(30)]  # 10 chunks, 3 questions each
+    held, rest = split_by_chunk(records, 0.2, random.Random(0))
+    assert len(held) == 6 and len(held) + len(rest) == 30
+    assert not {r["chunk_id"] for r in held} & {r["chunk_id"] for r in rest}
+
+
 def test_leak_guard_refuses_queries_and_qrels(tmp_path):
     beir = tmp_path / "set"
     (beir / "qrels").mkdir(parents=True)
@@ -62,14 +79,17 @@ def test_leak_guard_refuses_queries_and_qrels(tmp_path):
 
 def test_synthesis_is_cached_and_resumes(index, tmp_path):
     chunks = list(index.chunks)[:6]
-    llm = ScriptedLLM({c.text.split()[0]: f"What is said about {c.title}?" for c in chunks})
+    llm = ScriptedLLM({c.text.split()[0]: f"1. What is said about {c.title}?\n2. Why {c.id}?" for c in chunks})
     out = tmp_path / "queries.jsonl"
-    config = TuneConfig(workers=2)
+    config = TuneConfig(workers=2, questions_per_chunk=2)
     first = synthesize_questions(chunks[:4], llm, out, config)
-    assert llm.calls == 4 and len(out.read_text().splitlines()) == 4
+    assert llm.calls == 4 and len(out.read_text().splitlines()) == 4  # one reply per chunk
+    assert [r["question"] for r in first[:2]] == [f"What is said about {chunks[0].title}?", f"Why {chunks[0].id}?"]
     again = synthesize_questions(chunks, llm, out, config)  # 4 cached, 2 new
-    assert llm.calls == 6 and [r["chunk_id"] for r in again] == [c.id for c in chunks]
-    assert again[:4] == first
+    assert llm.calls == 6 and [r["chunk_id"] for r in again] == [c.id for c in chunks for _ in range(2)]
+    assert again[:8] == first
+    synthesize_questions(chunks[:1], llm, out, TuneConfig(workers=2, questions_per_chunk=3))
+    assert llm.calls == 7  # asked for another number of questions: asked again
 
 
 def test_filter_counts_every_reason(index):
@@ -126,19 +146,34 @@ def test_tuned_encoder_round_trips_through_an_index(index, docs, tmp_path, encod
         Index.load(path, encoder=encoder)
 
 
-def test_fusion_is_chosen_on_synthetic_questions_and_ties_keep_the_default(index):
+def test_fusion_is_chosen_on_synthetic_questions_and_a_small_lead_keeps_the_default(index):
     from ragkit.retrieval.tune import FUSION_GRID, choose_fusion
 
     chunks = [c for c in index.chunks if c.title][:12]
     questions = [{"question": f"{c.title} statement", "chunk_id": c.id, "doc_id": c.doc_id} for c in chunks]
     res = choose_fusion(index, questions)
     assert len(res["candidates"]) == len(FUSION_GRID) + 2 and res["questions"] == 12
-    best = max(r["mrr@10"] for r in res["candidates"])
-    assert res["chosen_mrr@10"] == best
-    first_best = next(r for r in res["candidates"] if r["mrr@10"] == best)
-    assert res["chosen"] == first_best["setting"]  # equals: the earlier (ragkit's default fusion first)
+    mrr = {json.dumps(r["setting"], sort_keys=True): r["mrr@10"] for r in res["candidates"]}
+    assert res["chosen_mrr@10"] == mrr[json.dumps(res["chosen"], sort_keys=True)]
+    assert res["best"]["members"] and mrr[json.dumps(res["best"], sort_keys=True)] == max(mrr.values())
+    if res["chosen"] != FUSION_GRID[0]:  # another setting is chosen only with a clear lead
+        assert res["chosen_mrr@10"] > mrr[json.dumps(FUSION_GRID[0], sort_keys=True)]
     assert FUSION_GRID[0] == {"members": ["bm25", "dense"], "method": "rrf", "rrf_k": 60,
                               "weights": {"bm25": 0.5, "dense": 0.5}}
+
+
+def test_a_lead_counts_only_beyond_its_noise():
+    import numpy as np
+
+    from ragkit.retrieval.tune import clearly_better
+
+    base = np.array([0.0, 0.5, 1.0, 0.0, 1.0, 0.5] * 5)
+    assert not clearly_better(base, base)
+    noisy = base.copy()
+    noisy[:2] = [1.0, 1.0]  # two of 30 questions better: a lead of 0.05, within noise
+    assert noisy.mean() > base.mean() and not clearly_better(noisy, base)
+    better = np.minimum(1.0, base + 0.5)  # every question at least as good, most much better
+    assert clearly_better(better, base) and not clearly_better(base, better)
 
 
 @pytest.mark.slow
