@@ -11,8 +11,9 @@ from ragkit.cli.console import _fail, _safe, err, out
 from ragkit.errors import RagkitError
 
 # seconds per unit on 2 CPU cores (bench/tune.py): reading a chunk's prompt and writing one question with SmolLM2
-# (16 at a time: 1.5 s per chunk for 3 questions), a dense step of 8 questions, a ColBERT step, encoding a chunk
-ESTIMATE = {"chunk": 0.9, "question": 0.2, "dense_step": 1.5, "colbert_step": 0.3, "chunk_encode": 0.03}
+# (16 at a time: 1.5-2.8 s per chunk for 3 questions), a dense step of 8 questions with 256-token passages (5-19 s
+# on an AVX2 CPU in float32, about a third of that with native bf16), a ColBERT step, encoding a chunk
+ESTIMATE = {"chunk": 0.9, "question": 0.2, "dense_step": 6.0, "colbert_step": 0.4, "chunk_encode": 0.03}
 
 
 def tune(
@@ -45,16 +46,19 @@ def tune(
     from ragkit.retrieval.tune import tune as run
 
     try:
-        config = TuneConfig(llm=llm, queries=queries, questions_per_chunk=questions_per_chunk, teacher=teacher, candidates=candidates, dense_steps=steps,
-                            colbert_steps=steps, colbert=colbert, round_trip_k=round_trip_k, workers=workers, seed=seed)
+        config = TuneConfig(llm=llm, queries=queries, questions_per_chunk=questions_per_chunk, teacher=teacher,
+                            candidates=candidates, dense_steps=steps, colbert_steps=steps, colbert=colbert,
+                            round_trip_k=round_trip_k, workers=workers, seed=seed)
         docs = _documents(corpus)
         n_chunks = sum(max(1, len(d.text) // 1000) for d in docs)  # a rough chunk count, for the estimate
         n = queries or int(min(1000, max(100, n_chunks // 4)))
         # ~2 of 3 questions survive the filters, a fifth is held out
         steps_est = steps or auto_steps(int(0.5 * n * questions_per_chunk), config.dense_batch)
-        est = (n * (ESTIMATE["chunk"] + questions_per_chunk * ESTIMATE["question"]) + steps_est * (ESTIMATE["dense_step"] + colbert * ESTIMATE["colbert_step"])
+        est = (n * (ESTIMATE["chunk"] + questions_per_chunk * ESTIMATE["question"])
+               + steps_est * (ESTIMATE["dense_step"] + colbert * ESTIMATE["colbert_step"])
                + 2 * n_chunks * ESTIMATE["chunk_encode"])
-        err.print(f"tuning on {len(docs)} documents: about {n * questions_per_chunk} questions ({n} chunks) by {llm}, ~{steps_est} steps per student; "
+        err.print(f"tuning on {len(docs)} documents: about {n * questions_per_chunk} questions ({n} chunks) by {llm}, "
+                  f"~{steps_est} steps per student; "
                   f"estimated {est / 60:.0f} min on 2 CPU cores (more with a larger LLM)")
         writer = None
         if config_file is not None:

@@ -2,10 +2,10 @@
 
 1. **Query synthesis**: for sampled chunks, an LLM (any ragkit backend; the packaged SmolLM2 by
    default) writes `questions_per_chunk` (3, as GPL does) questions the chunk answers, in one reply.
-   Questions are cached in `OUT/queries.jsonl` as they come, so a re-run (or a resumed one) reuses them. Filters, each counted: length bounds, a question
-   shape (ends with "?"; not a sentence copied from the chunk; not about "this passage"),
-   de-duplication, and a round trip (the
-   source chunk must rank in the untuned hybrid's top `round_trip_k` for its question).
+   Replies are cached in `OUT/queries.jsonl` as they come, so a re-run (or a resumed one) reuses them.
+   Filters, each counted: length bounds, a question shape (ends with "?"; not a sentence copied from the
+   chunk; not about "this passage"), de-duplication, and a round trip (the source chunk must rank in the
+   untuned hybrid's top `round_trip_k` for its question).
 2. **Pseudo-labels**: for each kept question, hard negatives from BM25's and the dense retriever's
    tops; a teacher scores every candidate: `hybrid` (z-normalised BM25 + z-normalised cosine),
    `colbert` (MaxSim of the untrained MiniLM ColBERT) or `both` (their sum). The source chunk is the
@@ -617,7 +617,8 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
     asked_now = {r["chunk_id"] for r in _read_lines(out / "queries.jsonl")[cached:]}
     written = sum(1 for r in records if r["question"] and r["chunk_id"] in asked_now)
     summary["synthesis"] = {"llm": model_id, "chunks": len(sample), "questions_per_chunk": config.questions_per_chunk,
-                            "generated_now": new, "cached": len(sample) - new, "questions": sum(1 for r in records if r["question"]),
+                            "generated_now": new, "cached": len(sample) - new,
+                            "questions": sum(1 for r in records if r["question"]),
                             "seconds": round(synth_s, 1),
                             "questions_per_s": round(written / synth_s, 3) if new and synth_s > 0 else None,
                             "chunks_per_s": round(new / synth_s, 3) if new and synth_s > 0 else None}
