@@ -92,6 +92,15 @@ def test_synthesis_is_cached_and_resumes(index, tmp_path):
     assert llm.calls == 7  # asked for another number of questions: asked again
 
 
+def test_a_one_question_cache_of_an_earlier_version_is_read(index, tmp_path):
+    c = list(index.chunks)[0]
+    out = tmp_path / "queries.jsonl"
+    out.write_text(json.dumps({"chunk_id": c.id, "doc_id": c.doc_id, "raw": "Why?", "question": "Why is it so?"}) + "\n")
+    llm = ScriptedLLM({})
+    got = synthesize_questions([c], llm, out, TuneConfig(workers=1, questions_per_chunk=1))
+    assert llm.calls == 0 and [r["question"] for r in got] == ["Why is it so?"]
+
+
 def test_filter_counts_every_reason(index):
     chunks = list(index.chunks)
     good = [c for c in chunks if c.title][:3]
