@@ -512,6 +512,13 @@ FUSION_GRID = [
      for w in (0.5, 0.3, 0.7)]  # the first is ragkit's default: it wins ties
 
 
+def fusion_config(setting: dict):
+    """The `FusionConfig` of a fusion setting of `FUSION_GRID` (or a chosen one)."""
+    from ragkit.retrieval.hybrid import FusionConfig
+
+    return FusionConfig(method=setting["method"], rrf_k=setting.get("rrf_k", 60), weights=setting["weights"])
+
+
 def choose_fusion(index, questions: Sequence[dict], k: int = 10) -> dict:
     """Score the hybrid settings of `FUSION_GRID`, each member alone, and ColBERT reranking of the
     chosen hybrid (when the index has ColBERT; depths 20 and 50), by MRR@k of each held-out question's
@@ -519,14 +526,13 @@ def choose_fusion(index, questions: Sequence[dict], k: int = 10) -> dict:
     unless another setting is `clearly_better` on these questions; reranking is added only when it is
     clearly better than the chosen fusion without it; a member alone, when it beats every fusion
     clearly."""
-    from ragkit.retrieval.hybrid import FusionConfig, HybridRetriever, document_of
+    from ragkit.retrieval.hybrid import HybridRetriever, document_of
 
     def rr(search) -> np.ndarray:
         return source_rr(questions, lambda r: [document_of(cid) for cid, _ in search(r["question"])], k)
 
     def hybrid_of(s: dict) -> HybridRetriever:
-        fusion = FusionConfig(method=s["method"], rrf_k=s.get("rrf_k", 60), weights=s["weights"], candidates=100)
-        return HybridRetriever({m: index.retrievers[m] for m in s["members"]}, fusion)
+        return HybridRetriever({m: index.retrievers[m] for m in s["members"]}, fusion_config(s))
 
     rows = []
     for s in FUSION_GRID:
@@ -679,10 +685,7 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
                              "heldout_questions": len(held)}
         chosen = fusion["chosen"]
         if len(chosen["members"]) > 1:
-            from ragkit.retrieval.hybrid import FusionConfig
-
-            tuned.config.fusion = FusionConfig(method=chosen["method"], rrf_k=chosen.get("rrf_k", 60),
-                                               weights=chosen["weights"])
+            tuned.config.fusion = fusion_config(chosen)
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     return (summary, tuned) if return_index else summary
 
