@@ -619,9 +619,8 @@ def tune(corpus, out_dir: str | Path, config: TuneConfig | None = None, llm=None
     with progress_bar(f"writing questions ({model_id})", len(sample), show_progress) as advance:
         records = synthesize_questions(sample, llm, out / "queries.jsonl", config, advance)
     synth_s = time.perf_counter() - t0
-    new = _count_lines(out / "queries.jsonl") - cached  # chunks asked now
-    asked_now = {r["chunk_id"] for r in _read_lines(out / "queries.jsonl")[cached:]}
-    written = sum(1 for r in records if r["question"] and r["chunk_id"] in asked_now)
+    fresh = _read_lines(out / "queries.jsonl")[cached:]  # the replies asked for now
+    new, written = len(fresh), sum(len(r["questions"]) for r in fresh)
     summary["synthesis"] = {"llm": model_id, "chunks": len(sample), "questions_per_chunk": config.questions_per_chunk,
                             "generated_now": new, "cached": len(sample) - new,
                             "questions": sum(1 for r in records if r["question"]),
